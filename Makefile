@@ -1,0 +1,30 @@
+# mmkd: one entry point per job. PRESET=tiny (default, CPU, minutes) or PRESET=full (GPU).
+PRESET ?= tiny
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PRESET
+
+.PHONY: venv test bench exp-shre clean-runs
+
+venv: $(STAMP)
+
+# First use creates .venv and installs the pinned requirements (torch + torchvision matched
+# pair from PyPI; about 6 GB with the CUDA libraries they bring, which run fine on CPU).
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m common.bench --preset $(PRESET)
+
+exp-shre: $(STAMP)
+	@echo "The SHRe chapter is not implemented yet (issue 3)."
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,179 @@
+"""Typed configs: OmegaConf structured dataclasses + YAML presets + dotlist overrides.
+
+Every chapter declares one top-level dataclass composed of the pieces below, ships a
+``tiny.yaml`` and a ``full.yaml`` that only *set values* of that schema, and calls
+:func:`load_config`. Because the schema is a structured config in struct mode, a key
+that does not exist (``trian.steps=3``) or a value of the wrong type (``train.steps=abc``)
+fails immediately with one line naming the key, instead of silently doing nothing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from common.errors import UserError
+
+T = TypeVar("T")
+
+
+class ConfigError(UserError):
+    """A user-caused configuration problem; the message is a complete one-line explanation."""
+
+
+@dataclass
+class EncoderConfig:
+    """A stack of ALiBi transformer blocks as in data2vec 2.0 (shared by image and text)."""
+
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    layer_norm_first: bool = False  # data2vec 2.0 blocks are post-norm
+    norm_eps: float = 1e-6
+    drop_path: float = 0.0
+    dropout: float = 0.0
+    alibi: bool = True
+    freeze_embed: bool = False  # freeze the modality encoder (patch/token embedding)
+    init: str = ""  # "" = random; else a checkpoint path / hub name (see common.models.registry)
+
+
+@dataclass
+class ImageEncoderConfig(EncoderConfig):
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+
+
+@dataclass
+class TextEncoderConfig(EncoderConfig):
+    vocab_size: int = 50265  # overwritten from the tokenizer when it is built
+    max_len: int = 64
+    learned_pos: bool = True
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # synthetic | coco | cc3m | imagenet | ... (see common.data)
+    root: str = ""  # dataset folder for real sources (full preset)
+    image_size: int = 224  # network input size after transforms
+    render_size: int = 0  # synthetic only: rendered size before cropping (0 = image_size)
+    crop_scale: List[float] = field(default_factory=lambda: [0.6, 1.0])
+    hflip: float = 0.5
+    max_text_len: int = 64
+    tokenizer: str = "synthetic-bpe"  # synthetic-bpe | gpt2 | path to a tokenizer.json
+    vocab_size: int = 1024  # synthetic-bpe only
+    train_size: int = 100_000  # synthetic only: number of distinct training images
+    coco_test_size: int = 5000  # synthetic only: COCO-like test images (5 captions each)
+    flickr_test_size: int = 1000  # synthetic only: shifted Flickr-like test images
+    num_workers: int = 0
+
+
+@dataclass
+class ParamOverride:
+    """Optimizer settings for parameters whose name contains ``match``."""
+
+    match: str = ""
+    lr_scale: float = 1.0
+    weight_decay: float = -1.0  # -1: keep the group's weight decay
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr: float = 0.0
+    warmup_steps: int = -1  # -1: warmup_frac * steps
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    grad_clip: float = 2.0  # 0 disables clipping
+    # parameter-name substrings that get weight decay 0 (biases, norms and 1-d params always do)
+    no_decay: List[str] = field(default_factory=list)
+    # per-parameter-name overrides, first match wins, e.g. [{match: text.embed, weight_decay: 0.0}]
+    param_overrides: List[ParamOverride] = field(default_factory=list)
+    precision: str = "no"  # no | fp16 | bf16 (fp16/bf16 only on CUDA)
+    deepspeed: str = ""  # DeepSpeed json (ZeRO-2), used only when CUDA is available
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    ckpt_every: int = 0  # 0: only at the end
+    resume: str = ""  # checkpoint folder, or "auto" for the newest one of this run
+    seed: int = 0
+
+
+def _format_error(err: Exception, where: str) -> str:
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    key = getattr(err, "full_key", None)
+    if key:
+        return f"config error in {where}: {msg} (key '{key}'); see the chapter's tiny.yaml for valid keys"
+    return f"config error in {where}: {msg}; see the chapter's tiny.yaml for valid keys"
+
+
+def load_config(schema: Type[T], preset: str | os.PathLike | None = None,
+                overrides: Sequence[str] = ()) -> T:
+    """Build ``schema`` defaults, merge a YAML preset, then ``key=value`` overrides.
+
+    Returns the merged config as an OmegaConf object typed like ``schema`` (attribute
+    access, struct mode: unknown keys raise). Raises :class:`ConfigError` with one line
+    naming the offending file or override.
+    """
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    if preset is not None:
+        path = Path(preset)
+        if not path.is_file():
+            raise ConfigError(f"config error: preset file {path} does not exist; "
+                              f"choose one of {sorted(p.name for p in path.parent.glob('*.yaml'))}")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        except OmegaConfBaseException as err:
+            raise ConfigError(_format_error(err, str(path))) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config error: override '{item}' is not of the form key=value "
+                              f"(e.g. train.steps=200)")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise ConfigError(_format_error(err, f"override '{item}'")) from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_format_error(err, "interpolation")) from None
+    return cfg  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def parse_cli(schema: Type[T], chapter_dir: str | os.PathLike,
+              argv: Optional[Sequence[str]] = None) -> T:
+    """Chapter entry point helper: ``run.py [preset=tiny|full] key=value ...``.
+
+    The preset may also come from the ``PRESET`` environment variable (what the Makefile
+    passes); the chosen preset name is written into ``cfg.preset`` when the schema has it.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    preset = os.environ.get("PRESET") or "tiny"
+    rest = []
+    for item in argv:
+        if item.startswith("preset="):
+            preset = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    cfg = load_config(schema, Path(chapter_dir) / f"{preset}.yaml", rest)
+    if "preset" in cfg:
+        cfg.preset = preset
+    return cfg
