@@ -23,8 +23,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m common.bench --preset $(PRESET)
 
+# One GPU needs no launcher: fit() enables DeepSpeed ZeRO-2 itself when CUDA is there and the
+# preset names train.deepspeed. Several GPUs: accelerate launch --config_file
+# configs/accelerate_multi_gpu.yaml experiments/<chapter>/run.py preset=full
 exp-shre: $(STAMP)
-	@echo "The SHRe chapter is not implemented yet (issue 3)."
+	$(PY) experiments/shre/run.py $(ARGS)
 
 clean-runs:
 	rm -rf runs

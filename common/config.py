@@ -108,6 +108,34 @@ class TrainConfig:
     seed: int = 0
 
 
+@dataclass
+class EvalConfig:
+    """What a chapter evaluates on. Names are *roles* that :func:`common.data.sources.open_source`
+    maps to the synthetic world (tiny) or to real datasets (full)."""
+
+    retrieval: List[str] = field(default_factory=lambda: ["coco_test", "flickr_test"])
+    zero_shot: str = "imagenet_val"  # "" disables zero-shot classification
+    batch_size: int = 256
+
+
+@dataclass
+class TeacherConfig:
+    """Which frozen teacher a chapter distils from.
+
+    ``name``: ``tiny-cnn`` (supervised CNN) or another ``tiny-*`` recipe of
+    :mod:`common.models.teachers`, bootstrapped on the synthetic world once and cached;
+    ``timm:<model>`` (e.g. ``timm:resnet50.a1_in1k``) with ``weights`` a local file for
+    offline use; or a local checkpoint path.
+    """
+
+    name: str = "tiny-cnn"
+    weights: str = ""  # local weights file for timm/hf teachers (offline machines)
+    arch: str = "resnet10t"  # tiny-cnn: the timm architecture trained from scratch
+    width: float = 1.0  # tiny-cnn: channel multiplier of the ResNet stages (0.5 = half as wide)
+    encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # tiny ViT recipes
+    train: TrainConfig = field(default_factory=TrainConfig)  # the bootstrap's own training
+
+
 def _format_error(err: Exception, where: str) -> str:
     msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     key = getattr(err, "full_key", None)

@@ -1,0 +1,99 @@
+"""Evaluate an aligned image/text model: zero-shot retrieval, zero-shot classification, kNN.
+
+Chapters call these during training (``fit``'s ``evaluate`` callback) and at the end, and
+the ``eval/`` CLIs call them on saved checkpoints, so every number in every CSV comes from
+the same code. A model only needs two methods (:class:`ImageTextModel`): ``encode_image``
+and ``encode_text``, each returning one embedding per input (normalisation happens in the
+metric functions of :mod:`common.retrieval` and :mod:`common.zero_shot`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Protocol, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from common.data.datasets import RetrievalSet
+from common.data.tokenizer import Tokenizer
+from common.retrieval import knn_topk_accuracies, retrieval_recall
+from common.zero_shot import zero_shot_accuracy, zero_shot_classifier
+
+
+class ImageTextModel(Protocol):
+    def encode_image(self, images: Tensor) -> Tensor: ...  # B x 3 x H x W -> B x D
+
+    def encode_text(self, text_ids: Tensor, padding_mask: Tensor) -> Tensor: ...  # B x L -> B x D
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def embed_images(encode_image: Callable[[Tensor], Tensor], dataset: Dataset, device: torch.device,
+                 batch_size: int = 256, num_workers: int = 0) -> tuple[Tensor, Tensor]:
+    """(embeddings [N, D] float32 on CPU, labels [N] or -1) of every image of ``dataset``."""
+    embs, labels = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+        embs.append(encode_image(batch["image"].to(device)).float().cpu())
+        labels.append(batch.get("label", torch.full((len(batch["image"]),), -1)))
+    return torch.cat(embs), torch.cat(labels)
+
+
+@torch.no_grad()
+def embed_texts(encode_text: Callable[[Tensor, Tensor], Tensor], texts: Sequence[str],
+                tokenizer: Tokenizer, max_len: int, device: torch.device,
+                batch_size: int = 512) -> Tensor:
+    """Embeddings [M, D] (float32, CPU) of ``texts``, tokenised as in training."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        ids, pad = tokenizer.encode_batch(list(texts[start:start + batch_size]), max_len)
+        out.append(encode_text(ids.to(device), pad.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def retrieval_metrics(model: ImageTextModel, rset: RetrievalSet, tokenizer: Tokenizer,
+                      max_len: int, batch_size: int = 256, num_workers: int = 0) -> Dict[str, float]:
+    """Zero-shot image->text and text->image recall@1/5/10 (percent) on a retrieval set."""
+    device = _device(model)  # type: ignore[arg-type]
+    images, _ = embed_images(model.encode_image, rset, device, batch_size, num_workers)
+    texts = embed_texts(model.encode_text, rset.captions, tokenizer, max_len, device, 2 * batch_size)
+    return retrieval_recall(images, texts, rset.text_image_ids)
+
+
+def zero_shot_metrics(model: ImageTextModel, dataset: Dataset, classnames: Sequence[str],
+                      templates: Sequence, tokenizer: Tokenizer, max_len: int,
+                      batch_size: int = 256, num_workers: int = 0) -> Dict[str, float]:
+    """CLIP-style zero-shot classification: ``{"zs_top1", "zs_top5"}`` in percent."""
+    device = _device(model)  # type: ignore[arg-type]
+
+    def encode(texts: list) -> Tensor:
+        return embed_texts(model.encode_text, texts, tokenizer, max_len, device)
+
+    classifier = zero_shot_classifier(encode, classnames, templates)  # C x D
+    images, labels = embed_images(model.encode_image, dataset, device, batch_size, num_workers)
+    acc = zero_shot_accuracy(images, labels, classifier, ks=(1, 5))
+    return {"zs_top1": acc["top1"], "zs_top5": acc["top5"]}
+
+
+def knn_metrics(encode_image: Callable[[Tensor], Tensor], bank: Dataset, queries: Dataset,
+                device: torch.device, ks: Sequence[int] = (1, 3), prefix: str = "knn",
+                batch_size: int = 256, num_workers: int = 0,
+                reverse: bool = True) -> Dict[str, float]:
+    """kNN retrieval accuracy (percent): queries against the bank (``{prefix}_top{k}``) and,
+    with ``reverse``, the bank as queries against the queries (``{prefix}_rev_top{k}``), as
+    the thesis validates on CIFAR (train as bank / test as queries, and the reverse)."""
+    bank_emb, bank_labels = embed_images(encode_image, bank, device, batch_size, num_workers)
+    query_emb, query_labels = embed_images(encode_image, queries, device, batch_size, num_workers)
+    out = {f"{prefix}_top{k}": v for k, v in
+           knn_topk_accuracies(query_emb, query_labels, bank_emb, bank_labels, ks).items()}
+    if reverse:
+        out.update({f"{prefix}_rev_top{k}": v for k, v in
+                    knn_topk_accuracies(bank_emb, bank_labels, query_emb, query_labels, ks).items()})
+    return out
+
+
+def prefixed(metrics: Dict[str, float], prefix: Optional[str]) -> Dict[str, float]:
+    """``{"i2t_r1": ..}`` -> ``{"coco/i2t_r1": ..}`` for logging several test sets at once."""
+    return {f"{prefix}/{k}" if prefix else k: v for k, v in metrics.items()}

@@ -1,0 +1,107 @@
+"""Chapter plumbing shared by every ``experiments/<chapter>/run.py``.
+
+A chapter script reads like the chapter (teacher, student, losses, ``fit``); the parts
+that are the same everywhere live here: the run folder with its config snapshot, the
+evaluation sets of the data config, result rows in the DESIGN.md schema, and the table
+printed at the end.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+from torch import nn
+
+from common.config import DataConfig, EvalConfig
+from common.data.datasets import ImageLabelSet, RetrievalSet
+from common.data.sources import dataset_name, open_source, prompt_templates
+from common.data.tokenizer import Tokenizer
+from common.data.transforms import eval_transform
+from common.evaluation import ImageTextModel, retrieval_metrics, zero_shot_metrics
+from common.paths import results_dir, runs_dir
+from common.results import append_rows
+
+log = logging.getLogger(__name__)
+
+RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+
+
+def run_folder(cfg: Any) -> Path:
+    """``runs/<chapter>/<run>/`` with the resolved config saved as ``config.yaml`` (what the
+    eval CLIs read to rebuild the model from a checkpoint)."""
+    folder = runs_dir(cfg.chapter, cfg.run)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return folder
+
+
+class EvalSets:
+    """The retrieval and zero-shot sets named by ``cfg.eval``, opened once (fail fast: a
+    missing dataset stops the run before any training)."""
+
+    def __init__(self, data: DataConfig, evals: EvalConfig):
+        transform = eval_transform(data.image_size)
+        self.data, self.evals = data, evals
+        self.retrieval = {role: RetrievalSet(open_source(data, role), transform)
+                          for role in evals.retrieval}
+        self.zero_shot = (ImageLabelSet(open_source(data, evals.zero_shot), transform)
+                          if evals.zero_shot else None)
+        self.templates = prompt_templates(data) if evals.zero_shot else []
+
+    def zero_shot_metrics(self, model: ImageTextModel, tokenizer: Tokenizer) -> Dict[str, float]:
+        if self.zero_shot is None:
+            return {}
+        return zero_shot_metrics(model, self.zero_shot, self.zero_shot.source.classnames,
+                                 self.templates, tokenizer, self.data.max_text_len,
+                                 self.evals.batch_size, self.data.num_workers)
+
+    def retrieval_metrics(self, model: ImageTextModel, tokenizer: Tokenizer) -> Dict[str, Dict[str, float]]:
+        """``{role: {"i2t_r1": .., ...}}`` for every retrieval set."""
+        out = {}
+        for role, rset in self.retrieval.items():
+            out[role] = retrieval_metrics(model, rset, tokenizer, self.data.max_text_len,
+                                          self.evals.batch_size, self.data.num_workers)
+            log.info("%s: %s", dataset_name(self.data, role),
+                     " ".join(f"{k}={v:.2f}" for k, v in out[role].items()))
+        return out
+
+    def result_rows(self, model: ImageTextModel, tokenizer: Tokenizer, meta: Dict[str, Any],
+                    zero_shot: Optional[Dict[str, float]] = None) -> List[Dict[str, Any]]:
+        """One row per retrieval set, plus one zero-shot row (``zero_shot`` given, or computed)."""
+        rows = [{**meta, "dataset": dataset_name(self.data, role), **metrics}
+                for role, metrics in self.retrieval_metrics(model, tokenizer).items()]
+        if self.zero_shot is not None:
+            zs = zero_shot if zero_shot is not None else self.zero_shot_metrics(model, tokenizer)
+            rows.append({**meta, "dataset": dataset_name(self.data, self.evals.zero_shot),
+                         "zs_top1": zs["zs_top1"], "zs_top5": zs["zs_top5"]})
+        return rows
+
+
+def run_meta(cfg: Any, model: nn.Module, *, model_name: str, teacher: str, steps: int,
+             train_minutes: float) -> Dict[str, Any]:
+    """The identifying columns of a run's result rows."""
+    return {"chapter": cfg.chapter, "run": cfg.run, "model": model_name, "teacher": teacher,
+            "preset": cfg.preset, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "train_minutes": round(train_minutes, 2), "steps": steps, "seed": cfg.train.seed}
+
+
+def write_rows(chapter: str, run: str, rows: Sequence[Dict[str, Any]]) -> Path:
+    """Append ``rows`` atomically to ``results/<chapter>/<run>.csv``."""
+    path = results_dir(chapter) / f"{run}.csv"
+    append_rows(path, list(rows))
+    log.info("wrote %d result rows to %s", len(rows), path)
+    return path
+
+
+def markdown_table(rows: Iterable[Dict[str, Any]], columns: Sequence[str]) -> str:
+    """A small markdown table of ``columns`` (missing / NaN cells left blank)."""
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

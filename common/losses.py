@@ -1,0 +1,160 @@
+"""Distillation and alignment losses shared by the chapters.
+
+- :func:`kd_mse_loss`: feature regression of (layer-averaged) teacher states (chapters 1, 3, 5).
+- :func:`kd_kl_loss`: response distillation from a classifier teacher (chapter 2, SHRe).
+- :func:`itc_loss`: CLIP / VLMo image-text contrastive loss, optionally over a memory bank
+  and across processes (chapters 2-4).
+- :func:`cosine_alignment_loss`: SHRe's pairwise cosine alignment (chapter 4, Sx3HRe_cos).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def kd_mse_loss(pred: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Mean squared error between student predictions and teacher targets ``[B, T, D]``.
+
+    Thesis draft 003, eq. (6): the error is averaged over all time steps *including* CLS
+    and over D. ``mask`` (``pred.shape[:-1]``, True = the step counts, e.g. ``~padding_mask``)
+    restricts the mean to the selected steps: every selected step weighs the same, so a
+    long caption counts more than a short one (as data2vec's token-level mean). The target
+    is not detached here: compute it under ``torch.no_grad()``.
+    """
+    if mask is None:
+        return F.mse_loss(pred, target)
+    return F.mse_loss(pred[mask], target[mask])  # (selected steps) x D
+
+
+def kd_kl_loss(student_logits: Tensor, teacher_logits: Tensor,
+               temperature: float = 1.0) -> Tensor:
+    """``KL(teacher || student)`` of the softened class distributions, averaged over the batch.
+
+    Hinton et al., "Distilling the knowledge in a neural network" (2015); chapter 2 distils
+    the ResNet-50's ImageNet distribution into both the image and the text student this way.
+    Logits are ``[B, C]``; both sides go through ``log_softmax(logits / temperature)`` and
+    the KL is summed over classes and divided by B (PyTorch's ``batchmean``, the true KL;
+    ``mean`` would also divide by C). The loss is multiplied by ``temperature**2`` (Hinton,
+    sec. 2) so gradient magnitudes do not shrink with the temperature; at the default 1 this
+    is the plain KL.
+    """
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)  # B x C
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # B x C
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature ** 2
+
+
+def _rank_and_world() -> Tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_features(x: Tensor, with_grad: bool = True) -> Tensor:
+    """Concatenate ``x`` (``[B, D]``) from all processes in rank order -> ``[world * B, D]``.
+
+    As open_clip's ``gather_features``: with ``with_grad`` the gather is differentiable
+    (``torch.distributed.nn.functional.all_gather``; its backward sums the gradients that
+    every rank's loss sends to this rank's features), so negatives from other GPUs also train
+    this GPU's encoder. Without it, other ranks' rows are constants and only the local slice
+    keeps its gradient. Every rank must pass the same B. Returns ``x`` unchanged when
+    torch.distributed is not initialised or has one process.
+    """
+    rank, world = _rank_and_world()
+    if world == 1:
+        return x
+    if with_grad:
+        from torch.distributed.nn.functional import all_gather  # differentiable all_gather
+        with warnings.catch_warnings():  # torch 2.15 marks it deprecated in favour of a private
+            warnings.simplefilter("ignore", FutureWarning)  # module; the test catches removal
+            return torch.cat(all_gather(x), dim=0)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[rank] = x
+    return torch.cat(parts, dim=0)
+
+
+def contrastive_logits(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, float],
+                       image_bank: Optional[Tensor] = None, text_bank: Optional[Tensor] = None,
+                       gather: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """Logits and labels of the image->text and text->image classification problems.
+
+    Rows are the local batch (``B``); columns are the batch of all ranks (``world * B``,
+    gathered with gradients when ``gather`` and torch.distributed runs more than one process)
+    followed by the detached memory-bank entries of the other modality (``K``). The label of
+    local row i is its partner's column, ``rank * B + i`` (open_clip's ``local_loss``).
+    Returns ``(logits_per_image [B, world*B + K_text], logits_per_text [B, world*B + K_image],
+    labels [B])``.
+    """
+    image = F.normalize(image_emb, dim=-1)  # B x D
+    text = F.normalize(text_emb, dim=-1)  # B x D
+    rank = _rank_and_world()[0] if gather else 0
+    all_image = gather_features(image) if gather else image  # N x D, N = world * B
+    all_text = gather_features(text) if gather else text  # N x D
+    if text_bank is not None:  # bank rows are negatives only: no gradient flows into them
+        all_text = torch.cat([all_text, F.normalize(text_bank.detach().to(text.dtype), dim=-1)])
+    if image_bank is not None:
+        all_image = torch.cat([all_image, F.normalize(image_bank.detach().to(image.dtype), dim=-1)])
+    logits_per_image = logit_scale * image @ all_text.T  # B x (N + K_text)
+    logits_per_text = logit_scale * text @ all_image.T  # B x (N + K_image)
+    labels = torch.arange(image.shape[0], device=image.device) + rank * image.shape[0]  # B
+    return logits_per_image, logits_per_text, labels
+
+
+def itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, float],
+             image_bank: Optional[Tensor] = None, text_bank: Optional[Tensor] = None,
+             gather: bool = True) -> Tensor:
+    """Image-text contrastive loss: CLIP's symmetric cross-entropy over cosine similarities.
+
+    Radford et al., "Learning transferable visual models from natural language supervision"
+    (CLIP, 2021), as used by VLMo: each image must pick its own caption among all texts and
+    each caption its own image; the loss is the mean of the two cross-entropies.
+    ``logit_scale`` is the *exponentiated* temperature (``model.logit_scale.exp()``, thesis:
+    learnable in log space, clamped at ln 100). With memory banks (chapter 4, Wu et al.
+    2018 / MoCo's queue) each image is also contrasted with every ``text_bank`` row and each
+    text with every ``image_bank`` row; bank rows are extra negatives and get no gradient.
+    Across processes the columns span the global batch (see :func:`contrastive_logits`).
+    """
+    logits_per_image, logits_per_text, labels = contrastive_logits(
+        image_emb, text_emb, logit_scale, image_bank, text_bank, gather)
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def random_negatives(n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """For every row i one index ``j`` drawn uniformly from ``{0..n-1} \\ {i}`` -> ``[n]``.
+
+    Adding a uniform offset in ``1..n-1`` modulo n never returns i and hits every other
+    index with probability ``1/(n-1)``: SHRe's "one random negative per pair". The indices
+    live on the generator's device (CPU without a generator, drawn from the global RNG).
+    """
+    if n < 2:
+        raise ValueError(f"a random negative needs a batch of at least 2, got {n}")
+    device = generator.device if generator is not None else torch.device("cpu")
+    offsets = torch.randint(1, n, (n,), generator=generator, device=device)  # n
+    return (torch.arange(n, device=device) + offsets) % n  # n
+
+
+def cosine_alignment_loss(image_emb: Tensor, text_emb: Tensor, margin: float = 0.0,
+                          generator: Optional[torch.Generator] = None) -> Tensor:
+    """SHRe / Sx3HRe_cos alignment: pull matching pairs together, push one random pair apart.
+
+    Aytar et al., "See, Hear, and Read: Deep Aligned Representations" (2017); thesis draft
+    004, eq. (2). With ``c_ij = cos(image_i, text_j)`` and ``j(i)`` from
+    :func:`random_negatives` (uniform over ``j != i``), the loss is
+
+        1/2 * [ 1/B * sum_i (1 - c_ii)  +  1/B * sum_i max(0, c_ij(i) - margin) ],
+
+    i.e. half the sum of two ``torch.nn.CosineEmbeddingLoss(margin)`` terms with mean
+    reduction: the B positive pairs with target +1 and the B negative pairs with target -1,
+    which equals the mean over all 2B pair terms. Unlike ITC the score is never normalised
+    over other candidates, so the loss does not depend on how many negatives there are.
+    """
+    negatives = random_negatives(image_emb.shape[0], generator).to(text_emb.device)  # B
+    positive = 1 - F.cosine_similarity(image_emb, text_emb, dim=-1)  # B
+    negative = (F.cosine_similarity(image_emb, text_emb[negatives], dim=-1) - margin).clamp(min=0)  # B
+    return (positive.mean() + negative.mean()) / 2

@@ -1,0 +1,67 @@
+"""FIFO memory bank of past embeddings: extra ITC negatives without a larger batch (chapter 4).
+
+The thesis (draft 001, "Contrastive Learning with Memory Bank") keeps one queue per modality
+of the last 16k-32k embeddings to "simulate" the batch sizes of VLMo/CLIP on one GPU. It is
+MoCo's queue (He et al., "Momentum Contrast for Unsupervised Visual Representation
+Learning", 2020) rather than Wu et al.'s (2018) whole-dataset bank: filled progressively at
+the start of training, then every new batch replaces the oldest entries.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class MemoryBank(nn.Module):
+    """Ring buffer of the ``size`` most recent ``dim``-dimensional rows.
+
+    The rows, the write pointer and the fill count are registered buffers, as MoCo's queue:
+    they move with ``.to(device/dtype)`` and are saved in and restored from every
+    ``state_dict``, so a resumed run continues with the same negatives. Under DDP, add the
+    batch gathered from all ranks (``gather_features(x, with_grad=False)``) so that every
+    rank holds the same bank, as MoCo enqueues ``concat_all_gather(keys)``.
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        if size < 1 or dim < 1:
+            raise ValueError(f"MemoryBank needs size >= 1 and dim >= 1, got size={size}, dim={dim}")
+        self.register_buffer("rows", torch.zeros(size, dim))  # size x dim
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next row to overwrite
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # filled rows
+
+    @property
+    def size(self) -> int:
+        return self.rows.shape[0]
+
+    def __len__(self) -> int:
+        return int(self.count)
+
+    @torch.no_grad()
+    def add(self, batch: Tensor) -> None:
+        """Write ``batch`` (``[n, dim]``, detached) over the oldest rows.
+
+        A batch that runs past the end wraps to the start; of a batch larger than the bank
+        only its last ``size`` rows are kept (the earlier ones would be overwritten anyway).
+        """
+        if batch.dim() != 2 or batch.shape[1] != self.rows.shape[1]:
+            raise ValueError(f"MemoryBank.add expects [n, {self.rows.shape[1]}], got {list(batch.shape)}")
+        batch = batch.detach().to(self.rows.dtype)[-self.size:]  # n x dim, n <= size
+        n, ptr = batch.shape[0], int(self.ptr)
+        index = (ptr + torch.arange(n, device=self.rows.device)) % self.size  # n
+        self.rows.index_copy_(0, index, batch.to(self.rows.device))
+        self.ptr.fill_((ptr + n) % self.size)
+        self.count.fill_(min(int(self.count) + n, self.size))
+
+    def get(self) -> Tensor:
+        """A copy of the filled rows ``[len(self), dim]``, in storage order, not age order.
+
+        Until the bank is full these are the rows added so far, oldest first; afterwards
+        all rows, with the oldest at ``ptr``. Order is irrelevant for negatives. The copy (as
+        MoCo's ``queue.clone().detach()``) keeps a later :meth:`add` from changing a tensor
+        that autograd saved for the backward pass.
+        """
+        return self.rows[: len(self)].clone()
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.rows.shape[1]}, filled={len(self)}"

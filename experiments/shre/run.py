@@ -1,0 +1,127 @@
+"""Chapter 2: reproducing SHRe ("See, Hear, and Read: Deep Aligned Representations",
+Aytar, Vondrick, Torralba 2017) with transformer encoders.
+
+An image encoder and a text encoder (full: the first 7 blocks of data2vec 2.0 image / text;
+tiny: small ALiBi encoders) feed their CLS outputs into one *shared* network
+(Linear -> GELU -> LayerNorm -> Linear to the teacher's classes). A frozen supervised
+image classifier (full: ImageNet ResNet-50; tiny: the bootstrapped CNN) is the teacher:
+
+    loss = KL(teacher(image) || shared(image)) + KL(teacher(image) || shared(text))
+         + ITC(normalised shared(image), normalised shared(text))   # CLIP/VLMo style
+
+The caption never reaches the teacher: the text side learns the teacher's class
+distribution of the *image* it describes. Validation: CLIP-style zero-shot classification
+every ``train.eval_every`` steps; at the end, zero-shot retrieval on the COCO-like and
+Flickr-like test sets. Result rows go to ``results/shre/<run>.csv``.
+
+    python experiments/shre/run.py                      # tiny preset (CPU, minutes)
+    python experiments/shre/run.py preset=full          # the thesis setting (GPU)
+    python experiments/shre/run.py train.steps=200 image.depth=2
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from common.cli import main
+from common.config import (DataConfig, EvalConfig, ImageEncoderConfig, TeacherConfig,
+                           TextEncoderConfig, TrainConfig, parse_cli)
+from common.data.datasets import ImageTextPairs, TrainStream, collate_image_text
+from common.data.sources import open_source
+from common.data.tokenizer import build_tokenizer
+from common.data.transforms import train_transform
+from common.experiment import EvalSets, markdown_table, run_folder, run_meta, write_rows
+from common.losses import itc_loss, kd_kl_loss
+from common.models import SharedHead, build_image_encoder, build_text_encoder
+from common.models.dual import DualEncoder
+from common.models.registry import init_encoder
+from common.models.teachers import build_teacher, teacher_report
+from common.train import fit
+
+log = logging.getLogger("shre")
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class ShreConfig:
+    chapter: str = "shre"
+    run: str = "shre"
+    preset: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    head_hidden: float = 4.0  # shared network: Linear(D, 4D) -> GELU -> LN -> Linear(4D, C)
+    kd_weight: float = 1.0
+    itc_weight: float = 1.0
+
+
+def build_model(cfg: ShreConfig, num_classes: int, pad_id: int) -> DualEncoder:
+    """Two encoders (optionally initialised from pretrained checkpoints) and one shared head."""
+    image = init_encoder(build_image_encoder(cfg.image), cfg.image, "image")
+    text = init_encoder(build_text_encoder(cfg.text, pad_id), cfg.text, "text")
+    head = SharedHead(cfg.image.dim, num_classes, hidden=cfg.head_hidden)
+    return DualEncoder(image, text, image_head=head, text_head=head)
+
+
+def shre_losses(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor],
+                kd_weight: float = 1.0, itc_weight: float = 1.0) -> Dict[str, Tensor]:
+    """SHRe's objective on one batch; every term is returned for logging."""
+    with torch.no_grad():
+        target = teacher(batch["image"]).float()  # B x C teacher logits
+    image, text, scale = model(batch["image"], batch["text_ids"], batch["text_padding_mask"])
+    kd_image = kd_kl_loss(image.float(), target)
+    kd_text = kd_kl_loss(text.float(), target)
+    itc = itc_loss(image.float(), text.float(), scale)
+    loss = kd_weight * (kd_image + kd_text) + itc_weight * itc
+    return {"loss": loss, "kd_image": kd_image, "kd_text": kd_text, "itc": itc,
+            "logit_scale": scale.detach()}
+
+
+def run(cfg: ShreConfig) -> List[dict]:
+    torch.manual_seed(cfg.train.seed)
+    evals = EvalSets(cfg.data, cfg.eval)  # a missing dataset stops here, before any training
+    train_source = open_source(cfg.data, "train")
+    out_dir = run_folder(cfg)
+    tokenizer = build_tokenizer(cfg.data)
+    cfg.text.vocab_size = tokenizer.vocab_size
+    teacher = build_teacher(cfg.teacher, cfg.data)
+    num_classes = len(evals.zero_shot.source.classnames) if evals.zero_shot else cfg.image.dim
+    model = build_model(cfg, num_classes, tokenizer.pad_id)
+
+    pairs = ImageTextPairs(train_source, train_transform(cfg.data.image_size, cfg.data.crop_scale,
+                                                         cfg.data.hflip))
+    result = fit(
+        model,
+        lambda m, batch: shre_losses(m, teacher, batch, cfg.kd_weight, cfg.itc_weight),
+        TrainStream(pairs, seed=cfg.train.seed), cfg.train, out_dir,
+        collate_fn=collate_image_text(tokenizer, cfg.data.max_text_len),
+        num_workers=cfg.data.num_workers,
+        evaluate=lambda m, step: evals.zero_shot_metrics(m, tokenizer),
+        frozen=[teacher],
+    )
+
+    model.eval()
+    last = result.history[-1] if result.history else None
+    meta = run_meta(cfg, model, model_name="SHRe", teacher=cfg.teacher.name, steps=result.step,
+                    train_minutes=result.train_minutes)
+    rows = evals.result_rows(model, tokenizer, meta, zero_shot=last)
+    write_rows(cfg.chapter, cfg.run, rows)
+    report = teacher_report(cfg.teacher, cfg.data)
+    if report:
+        log.info("teacher %s: held-out top-1 %.1f%% (chance %.1f%%)", cfg.teacher.name,
+                 report["val_top1"], report["chance_top1"])
+    print(markdown_table(rows, ["dataset", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
+                                "t2i_r10", "zs_top1", "zs_top5"]))
+    return rows
+
+
+if __name__ == "__main__":
+    main(lambda: run(parse_cli(ShreConfig, HERE)))

@@ -1,0 +1,32 @@
+"""common.cli.main: user errors and Ctrl-C -> one 'error:' line and exit 2; bugs keep their traceback."""
+import logging
+
+import pytest
+
+from common.cli import main
+from common.config import ConfigError
+
+
+def _fail(exc):
+    def fn():
+        raise exc
+    return fn
+
+
+@pytest.mark.parametrize("exc, text", [
+    (ConfigError("config error in override 'trian.steps=3': Key 'trian' not in 'Config'\nsee tiny.yaml"),
+     "error: config error in override 'trian.steps=3': Key 'trian' not in 'Config' see tiny.yaml"),
+    (KeyboardInterrupt(), "error: interrupted"),
+])
+def test_user_errors_exit_2_with_one_line(exc, text, caplog):
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stop:
+        main(_fail(exc))
+    assert stop.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(text) and "\n" not in errors[0]
+
+
+def test_bugs_propagate_and_success_returns():
+    with pytest.raises(ZeroDivisionError):
+        main(lambda: 1 / 0)
+    assert main(lambda: 42) is None

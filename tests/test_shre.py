@@ -1,0 +1,100 @@
+"""End-to-end: the SHRe chapter's tiny preset with a few steps, its CSV rows and its errors."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from common.config import parse_cli
+from common.results import COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER = ROOT / "experiments" / "shre"
+spec = importlib.util.spec_from_file_location("shre_run", CHAPTER / "run.py")
+shre = importlib.util.module_from_spec(spec)
+sys.modules["shre_run"] = shre  # dataclasses resolve string annotations through sys.modules
+spec.loader.exec_module(shre)
+
+FEW_STEPS = ["train.steps=4", "train.eval_every=2", "train.batch_size=16", "train.log_every=2",
+             "teacher.train.steps=3", "teacher.train.batch_size=16", "teacher.width=0.25",
+             "data.coco_test_size=60", "data.flickr_test_size=30", "image.depth=1", "text.depth=1"]
+
+
+def test_tiny_run_writes_result_rows_and_resumes_without_retraining():
+    cfg = parse_cli(shre.ShreConfig, CHAPTER, FEW_STEPS)
+    rows = shre.run(cfg)
+    csv = Path(os.environ["MMKD_RESULTS"]) / "shre" / "shre.csv"
+    df = pd.read_csv(csv)
+    assert list(df.columns) == list(COLUMNS)
+    assert sorted(df["dataset"]) == ["syn-coco", "syn-flickr", "syn-imagenet"]
+    assert (df["chapter"] == "shre").all() and (df["preset"] == "tiny").all()
+    assert (df["steps"] == 4).all() and (df["teacher"] == "tiny-cnn").all()
+    retrieval = df[df["dataset"] != "syn-imagenet"]
+    for col in ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]:
+        assert retrieval[col].between(0, 100).all(), col
+    assert (retrieval["i2t_r1"] <= retrieval["i2t_r10"]).all()
+    zs = df[df["dataset"] == "syn-imagenet"].iloc[0]
+    assert 0 <= zs["zs_top1"] <= zs["zs_top5"] <= 100
+    metrics = (Path(os.environ["MMKD_RUNS"]) / "shre" / "shre" / "metrics.jsonl").read_text()
+    assert '"kd_text"' in metrics and '"itc"' in metrics and '"zs_top1"' in metrics
+
+    # the same command again continues the finished run: nothing is retrained, rows appended
+    again = shre.run(parse_cli(shre.ShreConfig, CHAPTER, FEW_STEPS))
+    assert [r["zs_top1"] for r in again if "zs_top1" in r] == [r["zs_top1"] for r in rows if "zs_top1" in r]
+    assert len(pd.read_csv(csv)) == 6
+
+
+def test_shre_losses_are_finite_and_use_the_teacher_for_both_modalities():
+    import torch
+    from torch import nn
+
+    from common.models.dual import DualEncoder
+    from common.models.heads import SharedHead
+
+    class Enc(nn.Module):  # CLS = the mean input, enough to check the wiring
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 8)
+
+        def forward(self, x, padding_mask=None):
+            from common.models.encoder import EncoderOutput
+            x = x.float().reshape(len(x), -1, 4)
+            return EncoderOutput(self.proj(x))
+
+    head = SharedHead(8, 5)
+    model = DualEncoder(Enc(), Enc(), head, head)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    batch = {"image": torch.randn(3, 16), "text_ids": torch.randn(3, 8),
+             "text_padding_mask": torch.zeros(3, 8, dtype=torch.bool)}
+    out = shre.shre_losses(model, teacher, batch)
+    assert set(out) == {"loss", "kd_image", "kd_text", "itc", "logit_scale"}
+    assert torch.isclose(out["loss"], out["kd_image"] + out["kd_text"] + out["itc"])
+    out["loss"].backward()
+    assert model.image_head.fc2.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
+    assert len(list(model.parameters())) == len({id(p) for p in model.parameters()})
+
+
+def _cli(*args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, str(CHAPTER / "run.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_config_key_is_one_line_and_exit_2():
+    proc = _cli("trian.steps=3")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "trian" in errors[0] and "train" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_full_preset_without_data_names_what_is_missing(tmp_path):
+    proc = _cli(f"data.root={tmp_path}", env_extra={"PRESET": "full"})
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and str(tmp_path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (Path(os.environ["MMKD_RUNS"]) / "shre").exists()  # nothing half-created
