@@ -86,10 +86,11 @@ def knn_metrics(encode_image: Callable[[Tensor], Tensor], bank: Dataset, queries
     the thesis validates on CIFAR (train as bank / test as queries, and the reverse)."""
     bank_emb, bank_labels = embed_images(encode_image, bank, device, batch_size, num_workers)
     query_emb, query_labels = embed_images(encode_image, queries, device, batch_size, num_workers)
-    out = {f"{prefix}_top{k}": v for k, v in
+    # knn_topk_accuracies names its entries "top{k}" already
+    out = {f"{prefix}_{name}": v for name, v in
            knn_topk_accuracies(query_emb, query_labels, bank_emb, bank_labels, ks).items()}
     if reverse:
-        out.update({f"{prefix}_rev_top{k}": v for k, v in
+        out.update({f"{prefix}_rev_{name}": v for name, v in
                     knn_topk_accuracies(bank_emb, bank_labels, query_emb, query_labels, ks).items()})
     return out
 

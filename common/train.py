@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +151,8 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
     _train_mode(model, frozen)
     batches = iter(loader)
     bar = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True,
-               disable=not accelerator.is_main_process)
+               disable=not accelerator.is_main_process,
+               mininterval=0.5 if sys.stderr.isatty() else 30)  # log files: a line per 30 s
     with logging_redirect_tqdm(), bar:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()

@@ -13,11 +13,13 @@ beside the student's numbers.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -33,6 +35,7 @@ from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.synthetic import CLASSNAMES, GRAMMAR_VERSION, SyntheticWorld
 from common.data.transforms import eval_transform, train_transform
 from common.errors import DataError
+from common.models.tiny_teachers import D2VSettings, build_vit, train_d2v
 from common.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,9 @@ def _cache_key(cfg: TeacherConfig, data: DataConfig) -> str:
                                                "train_size")},
         "grammar": GRAMMAR_VERSION, "version": 1,
     }
+    settings = TINY_RECIPES[cfg.name].settings if cfg.name in TINY_RECIPES else None
+    if settings:  # recipe-level settings (mask ratio, EMA schedule, ...) of self-supervised recipes
+        relevant["settings"] = settings
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -111,11 +117,13 @@ def bootstrap(cfg: TeacherConfig, data: DataConfig) -> nn.Module:
 
 
 class Recipe:
-    """How to build and train one kind of tiny teacher."""
+    """How to build and train one kind of tiny teacher. ``settings`` (a JSON-able dict) holds
+    recipe constants that are not in :class:`TeacherConfig` and enter the cache key."""
 
     def __init__(self, build: Callable[[TeacherConfig], nn.Module],
-                 train: Callable[[nn.Module, TeacherConfig, DataConfig, Path], Dict[str, Any]]):
-        self.build, self.train = build, train
+                 train: Callable[[nn.Module, TeacherConfig, DataConfig, Path], Dict[str, Any]],
+                 settings: Dict[str, Any] | None = None):
+        self.build, self.train, self.settings = build, train, dict(settings or {})
 
 
 def _build_cnn(cfg: TeacherConfig) -> nn.Module:
@@ -165,6 +173,13 @@ def _train_cnn(model: nn.Module, cfg: TeacherConfig, data: DataConfig, out_dir: 
             "val_split": "imagenet_val", "num_classes": len(CLASSNAMES)}
 
 
+def _d2v_recipe(settings: D2VSettings) -> Recipe:
+    """A data2vec 2.0-style self-distilled ALiBi ViT (:mod:`common.models.tiny_teachers`)."""
+    return Recipe(build_vit, functools.partial(train_d2v, settings=settings), asdict(settings))
+
+
 TINY_RECIPES: Dict[str, Recipe] = {
     "tiny-cnn": Recipe(_build_cnn, _train_cnn),
+    # label-free: EMA self-distillation, CLS regresses the mean of the patch targets
+    "tiny-d2v": _d2v_recipe(D2VSettings(cls_objective="mean_patches")),
 }
