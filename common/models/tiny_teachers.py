@@ -233,8 +233,12 @@ def d2v_step(student: nn.Module, teacher: Encoder, images: Tensor,
 
 def train_d2v(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Path,
               settings: D2VSettings = D2VSettings(),
-              evaluate: Callable[[nn.Module, int], Dict[str, float]] | None = None) -> Dict[str, Any]:
-    """Self-distil ``model`` (becomes the EMA teacher) on unlabelled synthetic training images."""
+              evaluate: Callable[[Encoder, Encoder, int], Dict[str, float]] | None = None
+              ) -> Dict[str, Any]:
+    """Self-distil ``model`` (becomes the EMA teacher) on unlabelled synthetic training images.
+
+    ``evaluate(teacher, student_encoder, step)``, if given, runs every ``train.eval_every``
+    steps (for tuning; the report itself is computed at the end)."""
     from common.train import fit  # the loop imports the data stack; keep models importable alone
 
     if cfg.encoder.image_size != data.image_size:
@@ -264,7 +268,7 @@ def train_d2v(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Pat
 
     result = fit(student, step_fn, train, cfg.train, out_dir, num_workers=data.num_workers,
                  frozen=[model], on_step_end=on_step_end,
-                 evaluate=(lambda net, step: evaluate(model, step)) if evaluate else None)
+                 evaluate=(lambda net, step: evaluate(model, net.encoder, step)) if evaluate else None)
     model.eval()
     trained = knn_report(model, *eval_sets)
     return {"recipe": cfg.name, "steps": result.step, "train_minutes": round(result.train_minutes, 2),
