@@ -56,9 +56,11 @@ class D2VSettings:
     mask_block: int = 3  # side of the box filter that clusters masked patches; 1 = uniform random
     num_masks: int = 4  # masked views per image, sharing one teacher pass (clone_batch)
     top_k: int = 3  # teacher blocks averaged into the targets
+    target_norm: str = "instance"  # per-layer norm before averaging: instance (over patches) | batch
     ema_start: float = 0.99
     ema_end: float = 0.999
     ema_ramp: float = 0.5  # fraction of the steps over which the decay ramps up linearly
+    student: str = "drop"  # drop: encoder on visible tokens + conv decoder (data2vec 2.0) | mask_token (v1)
     decoder_layers: int = 2  # conv decoder (data2vec 2.0 image: 3 layers of kernel 3)
     decoder_kernel: int = 3
     cls_objective: str = "mean_patches"  # a key of CLS_OBJECTIVES
@@ -115,10 +117,19 @@ def ema_decay(step: int, total_steps: int, start: float, end: float, ramp: float
 
 
 # ---------------------------------------------------------------------------- targets
-def patch_targets(layers: list[Tensor], top_k: int, num_extra: int = 1) -> Tensor:
+def patch_targets(layers: list[Tensor], top_k: int, num_extra: int = 1,
+                  norm: str = "instance") -> Tensor:
     """data2vec targets at the patch positions: the top ``top_k`` block outputs without the
-    extra (CLS) tokens, instance-normed over the patches, averaged, layer-normed: ``[B, N, D]``."""
-    return layer_averaged_targets([h[:, num_extra:] for h in layers[-top_k:]])
+    extra (CLS) tokens, instance-normed over the patches, averaged, layer-normed: ``[B, N, D]``.
+
+    ``norm="batch"`` normalises each layer's channels over batch and patches instead
+    (data2vec's ``batch_norm_target_layer``), which keeps what differs between images."""
+    layers = [h[:, num_extra:] for h in layers[-top_k:]]
+    if norm == "batch":
+        layers = [F.batch_norm(h.float().flatten(0, 1), None, None, training=True).view(h.shape)
+                  for h in layers]
+        return layer_averaged_targets(layers, instance_norm=False)
+    return layer_averaged_targets(layers, instance_norm=norm == "instance")
 
 
 def mean_patches_cls_target(targets: Tensor) -> Tensor:
@@ -202,6 +213,31 @@ class MaskedStudent(nn.Module):
         return x[:, 0], pred
 
 
+class MaskTokenStudent(nn.Module):
+    """data2vec (v1) / BEiT student: masked patch tokens are replaced by a learned mask token
+    (+ their fixed position), the :class:`Encoder` runs on the full sequence and a linear
+    head predicts the targets. Costlier than :class:`MaskedStudent`, but the encoder trains
+    on sequences as long as those it is used on."""
+
+    def __init__(self, encoder: Encoder, decoder_layers: int = 0, decoder_kernel: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.dim))
+        self.head = nn.Linear(encoder.dim, encoder.dim)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, images: Tensor, masked: Tensor, num_masks: int = 1) -> Tuple[Tensor, Tensor]:
+        enc = self.encoder
+        tokens = enc.embed_inputs(images).repeat_interleave(num_masks, 0)  # BM x (1+N) x D
+        fill = (self.mask_token + enc.embed.pos_embed).to(tokens.dtype)  # 1 x N x D
+        patches = torch.where(masked[..., None], fill, tokens[:, 1:])  # BM x N x D
+        x = enc.forward_tokens(torch.cat([tokens[:, :1], patches], dim=1)).x  # BM x (1+N) x D
+        return x[:, 0], self.head(x[:, 1:])
+
+
+STUDENTS = {"drop": MaskedStudent, "mask_token": MaskTokenStudent}
+
+
 # ---------------------------------------------------------------------------- the recipe
 def build_vit(cfg: TeacherConfig) -> Encoder:
     """The teacher architecture: ``cfg.encoder`` as an ALiBi image encoder, randomly
@@ -216,7 +252,8 @@ def d2v_step(student: nn.Module, teacher: Encoder, images: Tensor,
     """One data2vec 2.0 loss evaluation: teacher targets on the full image, student on
     ``s.num_masks`` masked views; returns ``loss`` and its logged parts."""
     with torch.no_grad():
-        targets = patch_targets(teacher(images, return_layers=True).layers, s.top_k)  # B x N x D
+        targets = patch_targets(teacher(images, return_layers=True).layers, s.top_k,
+                                norm=s.target_norm)  # B x N x D
     B, N, _ = targets.shape
     grid = teacher.embed.grid_size
     masked = block_mask(B * s.num_masks, grid, s.mask_ratio, s.mask_block, device=images.device)
@@ -254,7 +291,7 @@ def train_d2v(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Pat
         data.image_size, data.crop_scale, data.hflip)), seed=cfg.train.seed)
     with torch.random.fork_rng(devices=[]):  # the student starts as the teacher's copy
         torch.manual_seed(cfg.train.seed + 1)
-        student = MaskedStudent(copy.deepcopy(model).requires_grad_(True).train(),
+        student = STUDENTS[settings.student](copy.deepcopy(model).requires_grad_(True).train(),
                                 settings.decoder_layers, settings.decoder_kernel)
     model.requires_grad_(False)
     steps = cfg.train.steps
