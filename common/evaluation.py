@@ -8,7 +8,7 @@ metric functions of :mod:`common.retrieval` and :mod:`common.zero_shot`).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Protocol, Sequence
+from typing import Callable, Dict, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -93,8 +93,3 @@ def knn_metrics(encode_image: Callable[[Tensor], Tensor], bank: Dataset, queries
         out.update({f"{prefix}_rev_{name}": v for name, v in
                     knn_topk_accuracies(bank_emb, bank_labels, query_emb, query_labels, ks).items()})
     return out
-
-
-def prefixed(metrics: Dict[str, float], prefix: Optional[str]) -> Dict[str, float]:
-    """``{"i2t_r1": ..}`` -> ``{"coco/i2t_r1": ..}`` for logging several test sets at once."""
-    return {f"{prefix}/{k}" if prefix else k: v for k, v in metrics.items()}
