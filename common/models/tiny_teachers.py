@@ -52,7 +52,6 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from common.config import ConfigError, DataConfig, TeacherConfig
 from common.data.datasets import ImageLabelSet, TrainStream
@@ -60,6 +59,7 @@ from common.data.synthetic import CLASSNAMES, COARSE_CLASSNAMES, SyntheticWorld
 from common.data.transforms import eval_transform, train_transform
 from common.losses import kd_mse_loss
 from common.models.encoder import Encoder, build_image_encoder
+from common.retrieval import knn_topk_accuracies
 from common.targets import layer_averaged_targets
 
 log = logging.getLogger(__name__)
@@ -308,21 +308,6 @@ KNN_CHANCE = {f"{labels}_top{k}": round(100 * (1 - (1 - 1 / c) ** k), 2)
               for k in (1, 3)}  # any of k neighbours right by chance: 1 - (1 - 1/C)^k
 
 
-class _Embeddings(Dataset):
-    """Precomputed embeddings as a dataset (``"image"`` = the embedding), so that
-    :func:`common.evaluation.knn_metrics` runs with the identity encoder and every model
-    and label set is embedded once."""
-
-    def __init__(self, emb: Tensor, labels: Tensor) -> None:
-        self.emb, self.labels = emb, labels
-
-    def __len__(self) -> int:
-        return len(self.emb)
-
-    def __getitem__(self, i: int) -> Dict[str, Tensor]:
-        return {"image": self.emb[i], "label": self.labels[i]}
-
-
 @torch.no_grad()
 def _render(world: SyntheticWorld, split: str, image_size: int) -> Tuple[Tensor, Tensor, Tensor]:
     """(images [N, 3, H, W], fine labels [N], coarse labels [N]) of a split, rendered once."""
@@ -357,15 +342,11 @@ def _features(model: Encoder, images: Tensor, batch_size: int = 500) -> Dict[str
 def knn_report(model: Encoder, bank: tuple, queries: tuple) -> Dict[str, float]:
     """kNN top-1/top-3 (percent) of CLS and mean-pooled patches, fine and coarse labels:
     ``{"cls_fine_top1": .., "mean_coarse_top3": .., ...}``."""
-    from common.evaluation import knn_metrics  # imports the text stack; keep models importable alone
-
     bank_feats, query_feats = _features(model, bank[0]), _features(model, queries[0])
     out: Dict[str, float] = {}
     for pool in ("cls", "mean"):
         for li, labels in ((1, "fine"), (2, "coarse")):
-            metrics = knn_metrics(lambda e: e, _Embeddings(bank_feats[pool], bank[li]),
-                                  _Embeddings(query_feats[pool], queries[li]), torch.device("cpu"),
-                                  ks=(1, 3), prefix=f"{pool}_{labels}", batch_size=4096,
-                                  reverse=False)
-            out.update({k: round(v, 2) for k, v in metrics.items()})
+            accs = knn_topk_accuracies(query_feats[pool], queries[li], bank_feats[pool], bank[li],
+                                       ks=(1, 3))  # embeddings computed once, scored per label set
+            out.update({f"{pool}_{labels}_{k}": round(v, 2) for k, v in accs.items()})
     return out
