@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PRESET
 
-.PHONY: venv test bench exp-shre clean-runs
+.PHONY: venv test bench exp-shre exp-vision-kd exp-ssa exp-itc compare figures clean-runs
 
 venv: $(STAMP)
 
@@ -23,11 +23,38 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m common.bench --preset $(PRESET)
 
-# One GPU needs no launcher: fit() enables DeepSpeed ZeRO-2 itself when CUDA is there and the
-# preset names train.deepspeed. Several GPUs: accelerate launch --config_file
-# configs/accelerate_multi_gpu.yaml experiments/<chapter>/run.py preset=full
+# How chapter scripts run: tiny -> plain python (CPU); full -> accelerate launch with DeepSpeed
+# ZeRO-2 on one GPU (ACCELERATE_CONFIG=configs/accelerate_multi_gpu.yaml for several). fit()
+# turns DeepSpeed and fp16/bf16 off with one log line when there is no GPU.
+# A chapter target is `exp-<name>: $(STAMP)` with the recipe `$(RUN) experiments/<folder>/run.py $(ARGS)`.
+ACCELERATE_CONFIG ?= configs/accelerate_1gpu.yaml
+ifeq ($(PRESET),full)
+RUN = $(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG)
+else
+RUN = $(PY)
+endif
+
 exp-shre: $(STAMP)
-	$(PY) experiments/shre/run.py $(ARGS)
+	$(RUN) experiments/shre/run.py $(ARGS)
+
+exp-vision-kd: $(STAMP)
+	$(RUN) experiments/unimodal_vision_kd/run.py $(ARGS)
+
+# SEEDS=3 make exp-ssa: three seeds per variant (run.py reads SEEDS from the environment)
+exp-ssa: $(STAMP)
+	$(RUN) experiments/separate_self_attention/run.py $(ARGS)
+
+exp-itc: $(STAMP)
+	$(RUN) experiments/itc_ablation/run.py $(ARGS)
+
+# Result CSVs side by side with the published numbers (markdown; mean ± std over seeds), e.g.
+# make compare ARGS="--where dataset=coco5k,flickr1k --metrics i2t_r1 t2i_r1"
+compare: $(STAMP)
+	$(PY) -m eval.compare $(ARGS)
+
+# Thesis figures (PNG + PDF) from results/ and runs/*/metrics.jsonl into results/figures/
+figures: $(STAMP)
+	$(PY) -m eval.plot $(ARGS)
 
 clean-runs:
 	rm -rf runs

@@ -4,30 +4,121 @@
   (the COCO-5k evaluation of every chapter): seconds and memory;
 - ITC with a 16,384-entry memory bank per modality (the ITC chapter's full setting):
   forward + backward ms per step at batch 256, dim 768;
-- training: steps/s, samples/s and peak memory of the SHRe chapter's training step
-  (tiny preset on CPU; ``--preset full`` on a GPU: the ViT-B sized model at batch 256 on
-  synthetic inputs of the real shapes, with bf16 autocast).
+- training, ``--preset tiny`` (CPU): steps/s, samples/s and peak memory of the SHRe
+  chapter's tiny training step;
+- training, ``--preset full`` (needs a CUDA GPU): for every chapter whose ``run.py`` defines
+  ``bench_case(cfg)`` (:class:`BenchCase`), its ``full.yaml`` model at the preset's batch
+  size on synthetic inputs of the real shapes: steps/s, samples/s, peak GPU memory and
+  model-FLOPs utilisation (FLOPs of one step counted by ``FlopCounterMode``, against the
+  GPU's dense bf16 peak from :data:`PEAK_TFLOPS` or ``$MMKD_PEAK_TFLOPS``). Plain AdamW
+  under autocast in ``train.precision``, without DeepSpeed (ZeRO-2 has nothing to shard
+  across a single GPU).
 
-Each benchmark runs in its own process so its peak RSS is its own.
+Each benchmark runs in its own process so its peak memory is its own.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Callable, Dict
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from common.chapters import chapter, chapters
 from common.paths import REPO_ROOT
 
 log = logging.getLogger("bench")
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' datasheets, TFLOP/s.
+# First match of a substring of torch.cuda.get_device_name() wins, so variants come first.
+PEAK_TFLOPS = (("H200 NVL", 835.0), ("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0),
+               ("H100", 989.4), ("A100", 312.0), ("RTX 4090", 165.2))
+AMP_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class BenchCase:
+    """One chapter's training step, as a chapter's ``bench_case(cfg)`` hook returns it."""
+
+    model: nn.Module  # what trains (AdamW over its trainable parameters)
+    loss: Callable[[nn.Module, Dict[str, Tensor]], Tensor]  # (model, batch) -> scalar loss
+    batch: Dict[str, Tensor]  # synthetic inputs of the preset's shapes, on the CPU
+    frozen: Sequence[nn.Module] = ()  # teachers: moved along, eval mode, no gradients
+
+
+def synthetic_image_text_batch(batch_size: int, image_size: int, text_len: int,
+                               vocab_size: int, seed: int = 0) -> Dict[str, Tensor]:
+    """Random images ``[B, 3, S, S]`` and full-length token ids ``[B, L]`` (no padding)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.randn(batch_size, 3, image_size, image_size, generator=g),
+            "text_ids": torch.randint(4, vocab_size, (batch_size, text_len), generator=g),
+            "text_padding_mask": torch.zeros(batch_size, text_len, dtype=torch.bool)}
+
+
+def peak_tflops(device_name: str, env: Mapping[str, str] = os.environ) -> Optional[float]:
+    """The GPU's dense bf16 peak: ``$MMKD_PEAK_TFLOPS`` if set, else :data:`PEAK_TFLOPS`."""
+    if env.get("MMKD_PEAK_TFLOPS"):
+        return float(env["MMKD_PEAK_TFLOPS"])
+    return next((peak for key, peak in PEAK_TFLOPS if key in device_name), None)
+
+
+def mfu(flops_per_step: float, steps_per_s: float, peak: Optional[float]) -> Optional[float]:
+    """Model-FLOPs utilisation: achieved FLOP/s over the peak (``peak`` in TFLOP/s)."""
+    return flops_per_step * steps_per_s / (peak * 1e12) if peak else None
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the matrix products and convolutions that ``fn()`` runs (forward + backward)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def measure(case: BenchCase, steps: int, device: str, amp_dtype: Optional[torch.dtype]) -> Dict[str, float]:
+    """Time ``steps`` optimizer steps of ``case`` after a FLOP-counting one and a warm-up one."""
+    model = case.model.to(device).train()
+    for module in case.frozen:
+        module.to(device).eval().requires_grad_(False)
+    batch = {k: v.to(device) for k, v in case.batch.items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = case.loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    flops = count_flops(step)
+    step()  # warm-up outside the counter (kernels picked, allocator settled)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / steps
+    batch_size = len(next(iter(batch.values())))
+    out = {"batch": batch_size, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+           "flops_per_step": flops, "steps_per_s": 1 / seconds, "samples_per_s": batch_size / seconds}
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = peak_tflops(name)
+        out.update(gpu=name, peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20,
+                   peak_tflops=peak, mfu=mfu(flops, out["steps_per_s"], peak))
+    return out
 
 
 def _peak_rss_mb() -> float:
@@ -81,101 +172,93 @@ def bench_itc_bank(device: str) -> Dict[str, float]:
     return {"itc_bank16k_ms": 1000 * _timed(step, repeats=5), "peak_rss_mb": _peak_rss_mb()}
 
 
-def _shre_chapter():
-    spec = importlib.util.spec_from_file_location("shre_run", REPO_ROOT / "experiments/shre/run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["shre_run"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def bench_train(preset: str, steps: int) -> Dict[str, float]:
-    """SHRe training steps on synthetic inputs of the preset's shapes (random-init teacher of
-    the preset's architecture: the step costs the same, and nothing is downloaded/bootstrapped)."""
-    from common.config import parse_cli
+def bench_train_tiny(steps: int, device: str) -> Dict[str, float]:
+    """SHRe tiny training steps on synthetic inputs (random-init tiny CNN teacher: the step
+    costs the same, and nothing is bootstrapped)."""
     from common.models.teachers import TINY_RECIPES
 
-    shre = _shre_chapter()
-    cfg = parse_cli(shre.ShreConfig, REPO_ROOT / "experiments/shre", [f"preset={preset}"])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    num_classes = 100 if preset == "tiny" else 1000
-    cfg.text.vocab_size = 1024 if preset == "tiny" else 50265
-    cfg.image.init = cfg.text.init = ""
-    model = shre.build_model(cfg, num_classes, pad_id=1).to(device)
-    if preset == "tiny":
-        teacher = TINY_RECIPES["tiny-cnn"].build(cfg.teacher)
-    else:
-        import timm
-        teacher = timm.create_model("resnet50", num_classes=num_classes)
-    teacher = teacher.to(device).eval().requires_grad_(False)
-    B, L, S = cfg.train.batch_size, cfg.data.max_text_len, cfg.data.image_size
-    g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.randn(B, 3, S, S, generator=g).to(device),
-             "text_ids": torch.randint(3, cfg.text.vocab_size, (B, L), generator=g).to(device),
-             "text_padding_mask": torch.zeros(B, L, dtype=torch.bool).to(device)}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
-           else torch.autocast("cpu", enabled=False))
-
-    def step() -> None:
-        with amp:
-            loss = shre.shre_losses(model, teacher, batch)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    step()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - t0) / steps
-    params = sum(p.numel() for p in model.parameters())
-    out = {"preset": preset, "device": device, "batch": B, "params_m": params / 1e6,
-           "steps_per_s": 1 / seconds, "samples_per_s": B / seconds, "peak_rss_mb": _peak_rss_mb()}
-    if device == "cuda":
-        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+    shre = chapter("shre")
+    cfg = shre.load_config("tiny")
+    cfg.text.vocab_size = 1024
+    teacher = TINY_RECIPES["tiny-cnn"].build(cfg.teacher)
+    case = BenchCase(shre.module.build_model(cfg, 100, pad_id=1),
+                     lambda m, b: shre.module.shre_losses(m, teacher, b)["loss"],
+                     synthetic_image_text_batch(cfg.train.batch_size, cfg.data.image_size,
+                                                cfg.data.max_text_len, cfg.text.vocab_size),
+                     frozen=[teacher])
+    amp = torch.bfloat16 if device == "cuda" else None
+    return {"preset": "tiny", "device": device, **measure(case, steps, device, amp),
+            "peak_rss_mb": _peak_rss_mb()}
 
 
-def _run_child(name: str, args: argparse.Namespace) -> Dict[str, float]:
-    cmd = [sys.executable, "-m", "common.bench", "--only", name, "--preset", args.preset,
-           "--steps", str(args.steps)]
+def bench_chapter(name: str, steps: int, overrides: Sequence[str] = (), device: str = "cuda") -> Dict[str, float]:
+    """The ``full.yaml`` training step of chapter ``name`` (through its ``bench_case`` hook)."""
+    ch = chapter(name)
+    cfg = ch.load_config("full", overrides)
+    case = ch.hook("bench_case")(cfg)
+    return {"chapter": name, **measure(case, steps, device, AMP_DTYPES[cfg.train.precision])}
+
+
+def benchable_chapters() -> List[str]:
+    """Chapters with a ``full.yaml`` and a ``bench_case`` hook in their ``run.py``."""
+    names = []
+    for ch in chapters("full"):
+        if ch.hook("bench_case") is None:
+            log.info("chapter %s defines no bench_case(cfg) in run.py: not benchmarked", ch.name)
+        else:
+            names.append(ch.name)
+    return names
+
+
+def _run_child(args: Sequence[str]) -> Dict[str, float]:
+    cmd = [sys.executable, "-m", "common.bench", *args]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"benchmark {name} failed:\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"benchmark {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def _log_chapter(r: Dict[str, float]) -> None:
+    util = f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s" if r.get("mfu") else \
+        "MFU n/a (unknown GPU: set MMKD_PEAK_TFLOPS)"
+    log.info("%s full training step (batch %d, %.1fM params) on %s: %.2f steps/s, %.0f samples/s, "
+             "peak GPU %.0f MB, %.1f TFLOP/step, %s", r["chapter"], r["batch"], r["params_m"],
+             r["gpu"], r["steps_per_s"], r["samples_per_s"], r["peak_gpu_mb"],
+             r["flops_per_step"] / 1e12, util)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "full"])
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
-    parser.add_argument("--only", choices=["retrieval", "itc", "train"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--only", choices=["retrieval", "itc", "train", "chapter"], help=argparse.SUPPRESS)
+    parser.add_argument("--chapter", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.only:  # child process: one benchmark, one JSON line
         result = {"retrieval": bench_retrieval, "itc": lambda: bench_itc_bank(device),
-                  "train": lambda: bench_train(args.preset, args.steps)}[args.only]()
+                  "train": lambda: bench_train_tiny(args.steps, device),
+                  "chapter": lambda: bench_chapter(args.chapter, args.steps)}[args.only]()
         print(json.dumps(result))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.preset == "full" and device != "cuda":
-        log.info("bench --preset full measures the ViT-B sized models and needs a GPU; "
-                 "this machine has none, so only the CPU benchmarks run")
-        args.preset = "tiny"
+        log.error("error: bench --preset full times the ViT-B sized chapter models and needs a CUDA "
+                  "GPU; this machine has none (make bench runs the CPU benchmarks)")
+        sys.exit(2)
     log.info("machine: %d CPU threads, device %s, torch %s", torch.get_num_threads(), device,
              torch.__version__)
-    r = _run_child("retrieval", args)
+    r = _run_child(["--only", "retrieval"])
     log.info("retrieval 5,000 images x 25,000 captions, dim 768: %.2f s, peak RSS %.0f MB "
              "(+%.0f MB for the call)", r["retrieval_5k_x_25k_s"], r["peak_rss_mb"], r["added_rss_mb"])
-    r = _run_child("itc", args)
+    r = _run_child(["--only", "itc"])
     log.info("ITC batch 256 + 16,384-entry banks, dim 768: %.1f ms/step (fwd+bwd+enqueue), "
              "peak RSS %.0f MB", r["itc_bank16k_ms"], r["peak_rss_mb"])
-    r = _run_child("train", args)
+    if args.preset == "full":
+        for name in benchable_chapters():
+            _log_chapter(_run_child(["--only", "chapter", "--chapter", name, "--steps", str(args.steps)]))
+        return
+    r = _run_child(["--only", "train", "--steps", str(args.steps)])
     log.info("SHRe %s training step (batch %d, %.1fM params, %s): %.2f steps/s, %.0f samples/s, "
              "peak RSS %.0f MB%s", r["preset"], r["batch"], r["params_m"], r["device"],
              r["steps_per_s"], r["samples_per_s"], r["peak_rss_mb"],

@@ -39,8 +39,13 @@ class EncoderConfig:
     drop_path: float = 0.0
     dropout: float = 0.0
     alibi: bool = True
+    # learnable per-block, per-head factor on the ALiBi bias (data2vec 2.0's `alibi_scale`)
+    alibi_scale: bool = False
+    layer_scale: float = 0.0  # > 0: per-channel residual scales with this init (BEiT v2); 0 = none
+    rel_pos_bias: bool = False  # per-block relative position bias on the patch grid (BEiT v2; images)
     freeze_embed: bool = False  # freeze the modality encoder (patch/token embedding)
     init: str = ""  # "" = random; else a checkpoint path / hub name (see common.models.registry)
+    init_weights: str = ""  # local weights file for a timm:/hf: `init` (offline machines)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class ImageEncoderConfig(EncoderConfig):
     image_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
+    abs_pos: bool = True  # fixed sin-cos positions added to the patches (data2vec 2.0); BEiT v2: none
 
 
 @dataclass
@@ -72,6 +78,9 @@ class DataConfig:
     coco_test_size: int = 5000  # synthetic only: COCO-like test images (5 captions each)
     flickr_test_size: int = 1000  # synthetic only: shifted Flickr-like test images
     num_workers: int = 0
+    # real only: prepared image-text sets under data.root mixed round-robin for training
+    # (coco | cc3m | visual_genome; see common.data.multi)
+    train_sets: List[str] = field(default_factory=lambda: ["coco", "cc3m"])
 
 
 @dataclass
@@ -125,7 +134,9 @@ class TeacherConfig:
     ``name``: ``tiny-cnn`` (supervised CNN) or another ``tiny-*`` recipe of
     :mod:`common.models.teachers`, bootstrapped on the synthetic world once and cached;
     ``timm:<model>`` (e.g. ``timm:resnet50.a1_in1k``) with ``weights`` a local file for
-    offline use; or a local checkpoint path.
+    offline use; ``hf:<org/name>`` (a ``transformers`` model; ``weights`` a local copy of it);
+    or a local checkpoint path (data2vec 2.0 ``.pt``, BEiT v2 ``.pth``, an mmkd or timm
+    ``.safetensors``), converted into an ALiBi/BEiT-style :class:`~common.models.Encoder`.
     """
 
     name: str = "tiny-cnn"
@@ -205,3 +216,17 @@ def parse_cli(schema: Type[T], chapter_dir: str | os.PathLike,
     if "preset" in cfg:
         cfg.preset = preset
     return cfg
+
+
+def apply_overrides(cfg: T, overrides: Sequence[str], where: str) -> T:
+    """A copy of a loaded config with ``key=value`` overrides merged (e.g. one variant of a
+    chapter), failing as :func:`load_config` does with one line that names ``where``."""
+    out = OmegaConf.merge(cfg)  # a copy: the caller's config stays as it was
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config error in {where}: '{item}' is not of the form key=value")
+        try:
+            out = OmegaConf.merge(out, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise ConfigError(_format_error(err, f"{where}: '{item}'")) from None
+    return out  # type: ignore[return-value]

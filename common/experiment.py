@@ -10,29 +10,34 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import torch
 from omegaconf import OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 from common.config import DataConfig, EvalConfig
 from common.data.datasets import ImageLabelSet, RetrievalSet
 from common.data.sources import dataset_name, open_source, prompt_templates
-from common.data.tokenizer import Tokenizer
+from common.data.tokenizer import Tokenizer, build_tokenizer
 from common.data.transforms import eval_transform
-from common.evaluation import ImageTextModel, retrieval_metrics, zero_shot_metrics
+from common.evaluation import (ImageTextModel, embed_images, embed_texts, retrieval_metrics,
+                               zero_shot_metrics)
+from common.models.multimodal import LEVELS, MultimodalEncoder, MultimodalOutput, teacher_width
+from common.models.teachers import build_teacher
 from common.paths import results_dir, runs_dir
 from common.results import append_rows
+from common.retrieval import mean_recall, pair_cosines, retrieval_recall
 
 log = logging.getLogger(__name__)
 
 RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 
 
-def run_folder(cfg: Any) -> Path:
-    """``runs/<chapter>/<run>/`` with the resolved config saved as ``config.yaml`` (what the
-    eval CLIs read to rebuild the model from a checkpoint)."""
-    folder = runs_dir(cfg.chapter, cfg.run)
+def run_folder(cfg: Any, name: Optional[str] = None) -> Path:
+    """``runs/<chapter>/<run>/`` (or ``<name>/``, e.g. one seed of a variant) with the resolved
+    config saved as ``config.yaml`` (what the eval CLIs read to rebuild the model from a checkpoint)."""
+    folder = runs_dir(cfg.chapter, name or cfg.run)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     return folder
 
@@ -77,6 +82,59 @@ class EvalSets:
             rows.append({**meta, "dataset": dataset_name(self.data, self.evals.zero_shot),
                          "zs_top1": zs["zs_top1"], "zs_top5": zs["zs_top5"]})
         return rows
+
+    def alignment_rows(self, model: MultimodalEncoder, tokenizer: Tokenizer, meta: Dict[str, Any],
+                       retrieve: str = "embedding") -> List[Dict[str, Any]]:
+        """Rows of a :class:`~common.models.multimodal.MultimodalEncoder` (chapters 3-5), one
+        per retrieval set: recall at the ``retrieve`` level (``embedding``: what the model
+        retrieves with; ``encoder``: the modality encoders alone, the unimodal pair), mean
+        recall, and the mean cosine of matching / non-matching pairs after the encoders and
+        after the shared blocks. R@1 at every level goes to ``notes``. One forward pass per
+        input yields all levels."""
+        device, d = next(model.parameters()).device, model.image.dim
+
+        def levels(out: MultimodalOutput) -> Tensor:  # B x (D + D + E)
+            return torch.cat([out.encoder_cls, out.cls, out.embedding], dim=-1)
+
+        def split(emb: Tensor) -> Dict[str, Tensor]:
+            return {"encoder": emb[:, :d], "shared": emb[:, d:2 * d], "embedding": emb[:, 2 * d:]}
+
+        rows = []
+        for role, rset in self.retrieval.items():
+            images, _ = embed_images(lambda x: levels(model.forward_image(x)), rset, device,
+                                     self.evals.batch_size, self.data.num_workers)
+            texts = embed_texts(lambda ids, pad: levels(model.forward_text(ids, pad)), rset.captions,
+                                tokenizer, self.data.max_text_len, device, 2 * self.evals.batch_size)
+            images, texts = split(images), split(texts)
+            recall = {level: retrieval_recall(images[level], texts[level], rset.text_image_ids)
+                      for level in LEVELS}
+            cosines = {level: pair_cosines(images[level], texts[level], rset.text_image_ids)
+                       for level in ("encoder", "shared")}
+            name = dataset_name(self.data, role)
+            notes = "R@1 i2t/t2i by level: " + ", ".join(
+                f"{level} {recall[level]['i2t_r1']:.2f}/{recall[level]['t2i_r1']:.2f}" for level in LEVELS)
+            log.info("%s: %s; %s", name, " ".join(f"{k}={v:.2f}" for k, v in recall[retrieve].items()),
+                     notes)
+            rows.append({**meta, "dataset": name, **recall[retrieve], **mean_recall(recall[retrieve]),
+                         **{f"cos_{kind}_{level}": round(c[kind], 4)
+                            for level, c in cosines.items() for kind in ("pos", "neg")},
+                         "notes": notes})
+        return rows
+
+
+def prepare_distillation(cfg: Any) -> Tuple[EvalSets, Tokenizer, nn.Module]:
+    """Evaluation sets (opened first: a missing dataset stops before any training), tokenizer
+    and frozen teacher of a :class:`~common.models.multimodal.MultimodalEncoder` run.
+
+    Fills ``cfg.text.vocab_size`` (tokenizer) and ``cfg.head.target_dim`` (teacher width)
+    before the run folder is written, so its ``config.yaml`` rebuilds the same model.
+    """
+    evals = EvalSets(cfg.data, cfg.eval)
+    tokenizer = build_tokenizer(cfg.data)
+    cfg.text.vocab_size = tokenizer.vocab_size
+    teacher = build_teacher(cfg.teacher, cfg.data)
+    cfg.head.target_dim = teacher_width(teacher, cfg.data.image_size)
+    return evals, tokenizer, teacher
 
 
 def run_meta(cfg: Any, model: nn.Module, *, model_name: str, teacher: str, steps: int,

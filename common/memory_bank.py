@@ -8,8 +8,13 @@ the start of training, then every new batch replaces the oldest entries.
 """
 from __future__ import annotations
 
+from typing import Optional, Union
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from common.losses import gather_features, itc_loss
 
 
 class MemoryBank(nn.Module):
@@ -65,3 +70,21 @@ class MemoryBank(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.rows.shape[1]}, filled={len(self)}"
+
+
+def banked_itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, float],
+                    image_bank: Optional[MemoryBank], text_bank: Optional[MemoryBank]) -> Tensor:
+    """:func:`~common.losses.itc_loss` over the (gathered) batch plus the banks' rows, then
+    enqueue this batch: contrast first, add afterwards (thesis draft 001), so a pair is never
+    its own bank negative. Each image also meets every text of ``text_bank`` and each text
+    every image of ``image_bank``; the bank rows carry no gradient. Rows are stored
+    L2-normalised and gathered from all processes (MoCo's ``concat_all_gather``), so every
+    rank holds the same banks. A bank of ``None`` (or an empty one) adds no columns.
+    """
+    loss = itc_loss(image_emb, text_emb, logit_scale,
+                    image_bank.get() if image_bank is not None else None,
+                    text_bank.get() if text_bank is not None else None)
+    for bank, emb in ((image_bank, image_emb), (text_bank, text_emb)):
+        if bank is not None:
+            bank.add(gather_features(F.normalize(emb.detach().float(), dim=-1), with_grad=False))
+    return loss

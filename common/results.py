@@ -33,6 +33,9 @@ COLUMNS: tuple[str, ...] = (
     "chapter", "run", "model", "teacher", "preset", "dataset",
     "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10",
     "zs_top1", "zs_top5", "knn_top1", "knn_top3", "ft_top1", "ft_top5", "glue_score",
+    "i2t_mean_recall", "t2i_mean_recall",
+    # mean cosine of matching / non-matching pairs after the modality encoders and the shared blocks
+    "cos_pos_encoder", "cos_neg_encoder", "cos_pos_shared", "cos_neg_shared",
     "params_m", "train_minutes", "steps", "seed",
     "git_sha", "timestamp", "reference", "notes",
 )

@@ -101,6 +101,30 @@ def retrieval_recall(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor
     return recall
 
 
+def mean_recall(recall: Dict[str, float]) -> Dict[str, float]:
+    """Mean of R@1, R@5 and R@10 per direction (the thesis's Table 8 "average recall"):
+    ``{"i2t_mean_recall": .., "t2i_mean_recall": ..}`` from :func:`retrieval_recall`'s dict."""
+    return {f"{d}_mean_recall": sum(recall[f"{d}_r{k}"] for k in (1, 5, 10)) / 3 for d in ("i2t", "t2i")}
+
+
+def pair_cosines(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor) -> Dict[str, float]:
+    """Mean cosine similarity of matching and of non-matching (image, caption) pairs.
+
+    A diagnostic of alignment that recall hides: two spaces can rank well while both means
+    are high (a shared offset), or rank badly with a positive mean far above the negative
+    one. ``pos`` averages ``cos(text_m, image_{ids[m]})`` over the M captions; ``neg``
+    averages ``cos(text_m, image_n)`` over the ``M * (N - 1)`` pairs with ``n != ids[m]``,
+    computed from column sums (O((M + N) D), no M x N matrix).
+    """
+    image = _unit_rows("image embeddings", image_emb, torch.float64)  # N x D
+    text = _unit_rows("text embeddings", text_emb, torch.float64)  # M x D
+    ids = torch.as_tensor(text_image_ids, device=image.device).long()  # M
+    positive = (text * image[ids]).sum(-1)  # M
+    total = text.sum(0) @ image.sum(0)  # sum of all M x N cosines
+    n_neg = text.shape[0] * (image.shape[0] - 1)
+    return {"pos": positive.mean().item(), "neg": ((total - positive.sum()) / max(1, n_neg)).item()}
+
+
 def knn_topk_accuracies(query_emb: Tensor, query_labels: Tensor, bank_emb: Tensor,
                         bank_labels: Tensor, ks: Sequence[int] = (1, 3),
                         chunk_size: int = 256) -> Dict[str, float]:

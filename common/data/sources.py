@@ -3,9 +3,13 @@
 
 Chapters never name files: they ask for a role, and the data config decides where it comes
 from. ``data.source=synthetic`` (tiny presets) serves every role from the synthetic world;
-``data.source=real`` (full presets) serves it from the prepared datasets under ``data.root``
-(COCO Karpathy 5k, Flickr30K 1k, ImageNet val, CIFAR, COCO+CC3M for training). A missing
-dataset is one :class:`DataError` line that says which folder is missing and how to get it.
+``data.source=real`` (full presets) serves it from the datasets prepared under ``data.root``
+by ``python -m common.data.prepare``: ``train`` = the image-text sets of ``data.train_sets``
+mixed round-robin (:mod:`common.data.multi`), ``coco_test`` = COCO Karpathy 5k test,
+``flickr_test`` = Flickr30K 1k test, ``imagenet_val`` / ``imagenet_train`` = ImageNet with
+CLIP's class names, ``knn_train`` / ``knn_test`` = CIFAR train / test (``label="fine"``:
+CIFAR-100, ``"coarse"``: CIFAR-10). A missing dataset is one :class:`DataError` line that
+says which folder is missing and how to get it.
 """
 from __future__ import annotations
 
@@ -14,21 +18,35 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from common.config import DataConfig
+from common.data.cc3m import open_cc3m
+from common.data.cifar import CifarSource
+from common.data.coco import open_karpathy
 from common.data.datasets import DataSource
+from common.data.imagenet import open_imagenet
+from common.data.imagenet_classes import TEMPLATES as CLIP_TEMPLATES
+from common.data.multi import RoundRobinSource
 from common.data.synthetic import TEMPLATES, SyntheticWorld
+from common.data.visual_genome import open_visual_genome
 from common.errors import DataError
 
-# role -> (name in result CSVs, folder under data.root, how to get it)
+# dataset folder under data.root -> how to get it
+REAL_DATASETS: Dict[str, str] = {
+    "coco": "the COCO 2014 images with Karpathy's dataset_coco.json",
+    "cc3m": "the CC3M index Train_GCC-training.tsv (the images are downloaded from it)",
+    "visual_genome": "the Visual Genome images with region_descriptions.json",
+    "flickr30k": "the Flickr30K images with Karpathy's dataset_flickr30k.json",
+    "imagenet": "the ImageNet-1k 2012 images in class folders",
+    "cifar": "the CIFAR-10/100 python archives",
+}
+IMAGE_TEXT_SETS = ("coco", "cc3m", "visual_genome")
+# role -> (name in result CSVs, dataset folder, split); "train" comes from data.train_sets
 REAL_ROLES: Dict[str, Tuple[str, str, str]] = {
-    "train": ("coco+cc3m", "coco", "the COCO 2014 images with Karpathy's dataset_coco.json, and "
-              "the CC3M subset"),
-    "coco_test": ("coco5k", "coco", "the COCO 2014 images with Karpathy's dataset_coco.json"),
-    "flickr_test": ("flickr1k", "flickr30k", "the Flickr30K images with Karpathy's "
-                    "dataset_flickr30k.json"),
-    "imagenet_val": ("imagenet", "imagenet", "the ImageNet-1k 2012 validation images in class "
-                     "folders"),
-    "knn_train": ("cifar", "cifar", "the CIFAR-10/100 python batches"),
-    "knn_test": ("cifar", "cifar", "the CIFAR-10/100 python batches"),
+    "coco_test": ("coco5k", "coco", "test"),
+    "flickr_test": ("flickr1k", "flickr30k", "test"),
+    "imagenet_val": ("imagenet", "imagenet", "val"),
+    "imagenet_train": ("imagenet", "imagenet", "train"),  # fine-tuning (eval.finetune)
+    "knn_train": ("cifar", "cifar", "train"),
+    "knn_test": ("cifar", "cifar", "test"),
 }
 SYNTHETIC_NAMES = {"train": "syn-train", "coco_test": "syn-coco", "flickr_test": "syn-flickr",
                    "imagenet_val": "syn-imagenet", "knn_train": "syn-knn", "knn_test": "syn-knn"}
@@ -48,16 +66,17 @@ def synthetic_world(cfg: DataConfig) -> SyntheticWorld:
 
 def dataset_name(cfg: DataConfig, role: str) -> str:
     """The ``dataset`` column of result rows for ``role``."""
-    names = SYNTHETIC_NAMES if cfg.source == "synthetic" else {k: v[0] for k, v in REAL_ROLES.items()}
-    return names.get(role, role)
+    if cfg.source == "synthetic":
+        return SYNTHETIC_NAMES.get(role, role)
+    if role == "train":
+        return "+".join(cfg.train_sets)
+    return REAL_ROLES[role][0] if role in REAL_ROLES else role
 
 
 def prompt_templates(cfg: DataConfig) -> List[str]:
-    """Zero-shot prompt templates ("a photo of a {}.") for the classes of ``cfg``'s data."""
-    if cfg.source == "synthetic":
-        return list(TEMPLATES)
-    raise DataError("zero-shot templates for real data arrive with the full-preset loaders; "
-                    "use the tiny preset meanwhile")
+    """Zero-shot prompt templates ("a photo of a {}.") for the classes of ``cfg``'s data:
+    the synthetic world's, or CLIP's 80 ImageNet templates for real data."""
+    return list(TEMPLATES if cfg.source == "synthetic" else CLIP_TEMPLATES)
 
 
 def open_source(cfg: DataConfig, role: str, label: str = "fine") -> DataSource:
@@ -67,12 +86,36 @@ def open_source(cfg: DataConfig, role: str, label: str = "fine") -> DataSource:
     if cfg.source != "real":
         raise DataError(f"unknown data.source '{cfg.source}'; use 'synthetic' (tiny presets) or "
                         f"'real' (full presets, with data.root pointing at the prepared datasets)")
+    if label not in ("fine", "coarse"):
+        raise ValueError(f"label must be 'fine' or 'coarse', got {label!r}")
+    if role == "train":
+        unknown = [n for n in cfg.train_sets if n not in IMAGE_TEXT_SETS]
+        if unknown or not cfg.train_sets:
+            raise DataError(f"data.train_sets={list(cfg.train_sets)}: choose one or more of "
+                            f"{list(IMAGE_TEXT_SETS)}")
+        sources = [_open_real(cfg, name, "train", role, label) for name in cfg.train_sets]
+        return sources[0] if len(sources) == 1 else RoundRobinSource(sources, cfg.train_sets)
     if role not in REAL_ROLES:
-        raise DataError(f"no real dataset plays the role '{role}'; choose one of {sorted(REAL_ROLES)}")
-    _, folder, how = REAL_ROLES[role]
-    path = Path(cfg.root or "data") / folder
+        raise DataError(f"no real dataset plays the role '{role}'; choose one of "
+                        f"{sorted(REAL_ROLES) + ['train']}")
+    _, name, split = REAL_ROLES[role]
+    return _open_real(cfg, name, split, role, label)
+
+
+def _open_real(cfg: DataConfig, name: str, split: str, role: str, label: str) -> DataSource:
+    """Split ``split`` of the prepared dataset ``name`` under ``data.root``."""
+    root = Path(cfg.root or "data")
+    path = root / name
     if not path.is_dir():
-        raise DataError(f"dataset folder {path} (needed for '{role}') does not exist; get {how}, "
-                        f"or set data.root=/path/to/datasets")
-    raise DataError(f"found {path}, but the loader for real '{role}' data is not in this version "
-                    f"yet (tracked in the full-preset issue); use the tiny preset meanwhile")
+        raise DataError(f"dataset folder {path} (needed for '{role}') does not exist; get "
+                        f"{REAL_DATASETS[name]}, run python -m common.data.prepare {name} "
+                        f"--root {root}, or set data.root=/path/to/datasets")
+    if name in ("coco", "flickr30k"):
+        return open_karpathy(path, name, split)
+    if name == "cc3m":
+        return open_cc3m(path, split)
+    if name == "visual_genome":
+        return open_visual_genome(path, split)
+    if name == "imagenet":
+        return open_imagenet(path, split)
+    return CifarSource(path, "cifar100" if label == "fine" else "cifar10", split)

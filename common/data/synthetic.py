@@ -77,11 +77,13 @@ import math
 import random
 import re
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from common.config import DataConfig
 
@@ -610,6 +612,21 @@ class SyntheticSource:
 
     def image(self, index: int) -> np.ndarray:
         return render(self.scene(index), self.render_size)
+
+    def image_on_new_background(self, index: int, generator: torch.Generator | None = None
+                                ) -> np.ndarray:
+        """The objects of image ``index`` on a background (texture, tint, texture phase) drawn
+        from ``generator``: the background-swap augmentation of label-free teachers.
+
+        Ryali et al. (2021, "Characterizing and Improving the Robustness of Self-Supervised
+        Learning through Background Augmentations") swap backgrounds behind a saliency mask;
+        the generator knows the foreground exactly. Two views of one image then share only
+        their objects, so a view-invariant objective cannot settle for the background, the
+        most predictable (and class-independent) structure of this world."""
+        u = torch.rand(4, generator=generator).tolist()
+        scene = dataclasses.replace(self.scene(index), texture=int(u[0] * len(TEXTURES)),
+                                    tint=int(u[1] * len(TINTS)), offset=(u[2], u[3]))
+        return render(scene, self.render_size)
 
     def captions(self, index: int) -> Captions:
         return self.world.lazy_captions(self.scene(index))

@@ -13,14 +13,19 @@ The split of responsibilities here lets one stack of blocks serve several modali
 * :class:`ALiBi` turns any ``[T, T]`` distance matrix into a per-head bias;
 * :func:`attention_mask` adds the key padding mask, and :class:`Attention` consumes the
   result as an additive float mask of ``F.scaled_dot_product_attention``.
+
+BEiT v2 has no ALiBi but a learned relative position bias per block over the patch grid
+(plus three entries for the CLS token); :class:`Attention` owns one when given a
+``window_size``, using timm's ``RelativePositionBias`` so BEiT checkpoints map one to one.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.models.beit import RelativePositionBias
 from torch import Tensor, nn
 
 
@@ -98,11 +103,14 @@ class Attention(nn.Module):
     """Multi-head self-attention whose logits take an additive mask (ALiBi + padding).
 
     Parameter names (``qkv``, ``proj``) match data2vec 2.0's ``AltAttention`` and timm's
-    ``Attention`` so that checkpoints convert by renaming prefixes only.
+    ``Attention`` so that checkpoints convert by renaming prefixes only. With a
+    ``window_size`` (patch grid), a BEiT relative position bias (``rel_pos``) is added to the
+    logits; the tokens must then be CLS + the grid's patches.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 window_size: Optional[Tuple[int, int]] = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -111,12 +119,16 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.rel_pos = RelativePositionBias(tuple(window_size), num_heads) if window_size else None
 
     def forward(self, x: Tensor, attn_bias: Optional[Tensor] = None) -> Tensor:
         """``x``: ``[B, T, D]``; ``attn_bias``: additive ``[B or 1, H or 1, T, T]`` or None."""
         B, T, D = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B x H x T x Dh
+        if self.rel_pos is not None:
+            rel = self.rel_pos().unsqueeze(0)  # 1 x H x T x T
+            attn_bias = rel if attn_bias is None else attn_bias + rel
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
         # softmax(q k^T / sqrt(Dh) + bias) v: B x H x T x Dh

@@ -67,18 +67,24 @@ class ImageEmbed(ModalityEmbed):
     As in data2vec 2.0, the positions are added to the patches only; the CLS token has no
     position and zero ALiBi distance to every patch. With ``norm=True`` a LayerNorm follows
     (data2vec's ``context_encoder.norm``, present when the blocks are post-norm).
+    ``abs_pos=False`` leaves positions out entirely (BEiT v2, whose blocks carry a relative
+    position bias instead).
     """
 
     num_extra_tokens = 1
 
     def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int, *,
-                 norm: bool = False, norm_eps: float = 1e-6):
+                 norm: bool = False, norm_eps: float = 1e-6, abs_pos: bool = True):
         super().__init__()
         self.dim = dim
         self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, dim)
         self.grid_size: Tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
         # a buffer, not a parameter: fixed, yet saved so converted checkpoints can carry theirs
-        self.register_buffer("pos_embed", _mae_sincos_2d(self.grid_size, dim)[None])  # 1 x N x D
+        self.pos_embed: Optional[Tensor]
+        if abs_pos:
+            self.register_buffer("pos_embed", _mae_sincos_2d(self.grid_size, dim)[None])  # 1 x N x D
+        else:
+            self.pos_embed = None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else nn.Identity()
         # MAE/data2vec: xavier on the flattened conv kernel, like a linear layer
@@ -94,7 +100,8 @@ class ImageEmbed(ModalityEmbed):
     def forward(self, images: Tensor) -> Tensor:
         """``images``: ``[B, C, H, W]`` -> tokens ``[B, 1 + N, D]`` (CLS first)."""
         x = self.patch_embed(images)  # B x N x D
-        x = x + self.pos_embed.to(x.dtype)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.to(x.dtype)
         cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)  # B x 1 x D
         return self.norm(torch.cat([cls, x], dim=1))
 

@@ -66,9 +66,16 @@ class Encoder(nn.Module):
         self.freeze_embed = bool(cfg.freeze_embed) and embed is not None
         self.embed = embed
         drop_path = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()  # stochastic depth grows with depth
+        window = None
+        if cfg.rel_pos_bias:  # BEiT: a relative position bias over the embedding's patch grid
+            window = getattr(embed, "grid_size", None)
+            if window is None:
+                raise ValueError("rel_pos_bias needs an image embedding (a patch grid)")
         self.blocks = nn.ModuleList(
             Block(cfg.dim, cfg.heads, cfg.mlp_ratio, layer_norm_first=cfg.layer_norm_first,
-                  norm_eps=cfg.norm_eps, drop_path=dp, dropout=cfg.dropout)
+                  norm_eps=cfg.norm_eps, drop_path=dp, dropout=cfg.dropout,
+                  layer_scale=cfg.layer_scale, window_size=window,
+                  alibi_scale=cfg.alibi and cfg.alibi_scale)
             for dp in drop_path)
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.layer_norm_first else None
         self.alibi = ALiBi(cfg.heads) if cfg.alibi else None
@@ -117,11 +124,18 @@ class Encoder(nn.Module):
         is applied when the last block of the stack has run.
         """
         indices = self._block_indices(blocks)
-        mask = attention_mask(self._alibi_bias(tokens, distances), padding_mask, tokens.dtype)
+        alibi = self._alibi_bias(tokens, distances)
+        mask = attention_mask(alibi, padding_mask, tokens.dtype)
         layers: Optional[List[Tensor]] = [] if return_layers else None
         x = tokens
         for i in indices:
-            x = self.blocks[i](x, mask)
+            block = self.blocks[i]
+            block_mask = mask
+            if alibi is not None and block.alibi_scale is not None:
+                # data2vec 2.0 clamps its learned ALiBi scale at 0; scaled before padding is added
+                scale = block.alibi_scale.clamp(min=0).to(alibi.dtype)[None, :, None, None]  # 1 x H x 1 x 1
+                block_mask = attention_mask(alibi * scale, padding_mask, tokens.dtype)
+            x = block(x, block_mask)
             if layers is not None:
                 layers.append(x)
         if self.norm is not None and len(indices) and indices[-1] == len(self.blocks) - 1:
@@ -156,7 +170,7 @@ class Encoder(nn.Module):
 def build_image_encoder(cfg: ImageEncoderConfig) -> Encoder:
     """A randomly initialised image encoder; post-norm gets data2vec's LayerNorm after the embedding."""
     embed = ImageEmbed(cfg.image_size, cfg.patch_size, cfg.in_chans, cfg.dim,
-                       norm=not cfg.layer_norm_first, norm_eps=cfg.norm_eps)
+                       norm=not cfg.layer_norm_first, norm_eps=cfg.norm_eps, abs_pos=cfg.abs_pos)
     return Encoder(embed, cfg)
 
 

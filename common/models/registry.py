@@ -1,41 +1,46 @@
-"""Initialise an encoder from ``cfg.init``: nothing (random), or a checkpoint on disk.
+"""Initialise an encoder from ``cfg.init``: nothing (random), a file, timm or the HF hub.
 
 ``full`` presets start the students from pretrained unimodal models (the first N blocks of
-data2vec 2.0 image / text); ``tiny`` presets start from scratch. A weights file that is
-missing is one :class:`DataError` line saying what to download and where to put it.
+data2vec 2.0 image / text, or of BEiT v2); ``tiny`` presets start from scratch. ``init`` is
+
+* ``""``: random initialisation;
+* a local path: a fairseq data2vec 2.0 ``.pt``, a BEiT v2 ``.pth``, or a ``.safetensors``
+  (this project's own encoder weights, or a timm BEiT state dict);
+* ``timm:<name>``: timm's published weights of ``name`` (``init_weights`` = the local file);
+* ``hf:<org/name>``: the weights file of a Hugging Face hub repository (``init_weights`` =
+  the local file), e.g. ``hf:timm/beitv2_base_patch16_224.in1k_ft_in22k_in1k``.
+
+The key layout decides the conversion (:mod:`common.models.converters`); whatever is
+missing or does not fit is one :class:`DataError` line saying what to download or set.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-
-from safetensors.torch import load_file
 
 from common.config import EncoderConfig
 from common.errors import DataError
+from common.models.converters import Checkpoint, load_pretrained, read_checkpoint
 from common.models.encoder import Encoder
+from common.models.hub import hf_checkpoint, timm_checkpoint
 
-log = logging.getLogger(__name__)
+
+def open_checkpoint(source: str, weights: str = "", key: str = "encoder") -> Checkpoint:
+    """The checkpoint named by an ``init`` string (path, ``timm:``, ``hf:``); ``key`` is the
+    config section, for messages."""
+    if source.startswith("timm:"):
+        return timm_checkpoint(source[len("timm:"):], weights)
+    if source.startswith("hf:"):
+        return hf_checkpoint(source[len("hf:"):], weights)
+    if not Path(source).is_file():
+        raise DataError(f"{key} weights {source} do not exist; download the pretrained checkpoint "
+                        f"(data2vec 2.0 .pt, BEiT v2 .pth) and set {key}.init=/path/to/it, or "
+                        f"{key}.init='' to start from scratch")
+    return read_checkpoint(source)
 
 
 def init_encoder(encoder: Encoder, cfg: EncoderConfig, modality: str) -> Encoder:
-    """Load ``cfg.init`` into ``encoder`` (an mmkd ``.safetensors`` of the same architecture)."""
+    """Load ``cfg.init`` (see the module docstring) into ``encoder``, first ``cfg.depth`` blocks."""
     if not cfg.init:
         return encoder
-    path = Path(cfg.init)
-    if not path.is_file():
-        raise DataError(f"{modality} encoder weights {path} do not exist; download the pretrained "
-                        f"{modality} checkpoint (data2vec 2.0 base, fairseq .pt) and set "
-                        f"{modality}.init=/path/to/it, or {modality}.init='' to start from scratch")
-    if path.suffix != ".safetensors":
-        raise DataError(f"{path}: converting third-party {modality} checkpoints (data2vec 2.0 / "
-                        f"BEiT v2) is not in this version yet; pass an mmkd .safetensors file or "
-                        f"{modality}.init=''")
-    state = load_file(str(path))
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    if unexpected or missing:
-        raise DataError(f"{path} does not fit the {modality} encoder (missing {len(missing)} keys, "
-                        f"e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]}); "
-                        f"check {modality}.depth/dim against the checkpoint")
-    log.info("%s encoder initialised from %s", modality, path)
-    return encoder
+    ckpt = open_checkpoint(cfg.init, cfg.init_weights, modality)
+    return load_pretrained(encoder, ckpt, cfg, modality)

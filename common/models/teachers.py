@@ -1,7 +1,9 @@
 """Frozen teachers: a registry from a name to a ready, eval-mode module.
 
 ``full`` presets name published weights (``timm:resnet50.a1_in1k`` with a local file for
-offline machines); ``tiny`` presets name a *recipe* (``tiny-cnn``, ...) that is trained once
+offline machines, ``hf:<org/name>``, or a data2vec 2.0 / BEiT v2 checkpoint path, which
+:mod:`common.models.converters` turns into an :class:`Encoder` whose architecture is read
+off the checkpoint); ``tiny`` presets name a *recipe* (``tiny-cnn``, ...) that is trained once
 on the synthetic world and cached under ``cache_dir("teachers")``, keyed by a hash of
 everything that changes the result (recipe, architecture, bootstrap training config, data
 settings, world grammar version). Every chapter that asks for the same teacher reuses the
@@ -35,6 +37,9 @@ from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.synthetic import CLASSNAMES, GRAMMAR_VERSION, SyntheticWorld
 from common.data.transforms import eval_transform, train_transform
 from common.errors import DataError
+from common.models.converters import CHECKPOINT_SUFFIXES, encoder_from_checkpoint, read_checkpoint
+from common.models.hub import hf_vision_model
+from common.models.tiny_dino import DinoSettings, train_dino
 from common.models.tiny_teachers import D2VSettings, build_vit, train_d2v
 from common.paths import cache_dir
 
@@ -47,9 +52,14 @@ def build_teacher(cfg: TeacherConfig, data: DataConfig) -> nn.Module:
         model = bootstrap(cfg, data)
     elif cfg.name.startswith("timm:"):
         model = _timm_pretrained(cfg.name[len("timm:"):], cfg.weights)
+    elif cfg.name.startswith("hf:"):
+        model = hf_vision_model(cfg.name[len("hf:"):], cfg.weights)
+    elif Path(cfg.name).suffix in CHECKPOINT_SUFFIXES:  # data2vec 2.0 / BEiT v2 / mmkd weights
+        model, _ = encoder_from_checkpoint(read_checkpoint(cfg.name), cfg.encoder)
     else:
-        raise DataError(f"unknown teacher '{cfg.name}'; use one of {sorted(TINY_RECIPES)} "
-                        f"or timm:<model name> (with teacher.weights=/path for offline use)")
+        raise DataError(f"unknown teacher '{cfg.name}'; use one of {sorted(TINY_RECIPES)}, "
+                        f"timm:<model name> or hf:<org/name> (with teacher.weights=/path for "
+                        f"offline use), or a checkpoint path ({'/'.join(CHECKPOINT_SUFFIXES)})")
     return model.eval().requires_grad_(False)
 
 
@@ -59,6 +69,15 @@ def teacher_report(cfg: TeacherConfig, data: DataConfig) -> Dict[str, Any]:
         return {}
     path = _cache_folder(cfg, data) / "report.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@torch.no_grad()
+def teacher_embedding(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """One ``[B, D]`` vector per image: the CLS output of a ViT teacher, the pooled pre-logit
+    features of a timm CNN (the vector a feature-KD student regresses)."""
+    if hasattr(teacher, "forward_head"):  # timm classifier
+        return teacher.forward_head(teacher.forward_features(images), pre_logits=True)
+    return teacher(images).cls
 
 
 # ---------------------------------------------------------------------------- published weights
@@ -178,8 +197,15 @@ def _d2v_recipe(settings: D2VSettings) -> Recipe:
     return Recipe(build_vit, functools.partial(train_d2v, settings=settings), asdict(settings))
 
 
+def _dino_recipe(settings: DinoSettings) -> Recipe:
+    """A DINO-trained ALiBi ViT (:mod:`common.models.tiny_dino`)."""
+    return Recipe(build_vit, functools.partial(train_dino, settings=settings), asdict(settings))
+
+
 TINY_RECIPES: Dict[str, Recipe] = {
     "tiny-cnn": Recipe(_build_cnn, _train_cnn),
     # label-free: EMA self-distillation, CLS regresses the mean of the patch targets
     "tiny-d2v": _d2v_recipe(D2VSettings(cls_objective="mean_patches")),
+    # label-free: EMA self-distillation of the CLS token across background-swapped views
+    "tiny-dino": _dino_recipe(DinoSettings()),
 }

@@ -294,8 +294,15 @@ def train_d2v(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Pat
                  evaluate=(lambda net, step: evaluate(model, net.encoder, step)) if evaluate else None)
     model.eval()
     trained = knn_report(model, *eval_sets)
-    return {"recipe": cfg.name, "steps": result.step, "train_minutes": round(result.train_minutes, 2),
-            "settings": asdict(settings),
+    return ssl_report(cfg.name, result, asdict(settings), trained, untrained)
+
+
+def ssl_report(recipe: str, result: Any, settings: Dict[str, Any], trained: Dict[str, float],
+               untrained: Dict[str, float]) -> Dict[str, Any]:
+    """The ``report.json`` of a label-free teacher: kNN accuracies after training, of the same
+    network untrained, and chance, so a reader sees at once whether the recipe learned."""
+    return {"recipe": recipe, "steps": result.step, "train_minutes": round(result.train_minutes, 2),
+            "settings": settings,
             "knn": trained, "knn_untrained": untrained, "knn_chance": KNN_CHANCE,
             "knn_gain_over_untrained": {k: round(trained[k] - untrained[k], 2) for k in trained},
             "knn_bank": "knn_train", "knn_queries": "knn_test",

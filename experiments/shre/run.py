@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import timm
 import torch
 from torch import Tensor, nn
 
+from common.bench import BenchCase, synthetic_image_text_batch
 from common.cli import main
 from common.config import (DataConfig, EvalConfig, ImageEncoderConfig, TeacherConfig,
                            TextEncoderConfig, TrainConfig, parse_cli)
@@ -124,6 +126,20 @@ def run(cfg: ShreConfig) -> List[dict]:
     print(markdown_table(rows, ["model", "dataset", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1",
                                 "t2i_r5", "t2i_r10", "zs_top1", "zs_top5", "ft_top1"]))
     return rows
+
+
+def bench_case(cfg: ShreConfig) -> BenchCase:
+    """``make bench PRESET=full``: this chapter's training step at the preset's size, with
+    random weights (nothing to download) and a teacher of the preset's timm architecture."""
+    cfg.image.init = cfg.text.init = ""
+    num_classes = 1000  # the ImageNet-1k teacher's classes
+    teacher = timm.create_model(cfg.teacher.name.removeprefix("timm:"), pretrained=False,
+                                num_classes=num_classes)
+    batch = synthetic_image_text_batch(cfg.train.batch_size, cfg.data.image_size,
+                                       cfg.data.max_text_len, cfg.text.vocab_size)
+    return BenchCase(build_model(cfg, num_classes, pad_id=1),
+                     lambda m, b: shre_losses(m, teacher, b, cfg.kd_weight, cfg.itc_weight)["loss"],
+                     batch, frozen=[teacher])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""The chapters as tools see them: every ``experiments/<folder>`` with a ``run.py``.
+
+Tools that treat all chapters alike (the full-preset benchmark, the preset checks) find
+them here rather than keeping their own lists, so a new chapter plugs in by existing. A
+chapter's ``run.py`` defines one config dataclass (the one with a ``train`` field); it may
+also define hooks such as ``bench_case(cfg)`` (see :mod:`common.bench`). Chapter scripts
+are files, not a package, so they are imported by path under ``mmkd_chapter_<folder>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, List, Optional, Sequence
+
+from common.config import load_config
+from common.paths import REPO_ROOT
+
+EXPERIMENTS = REPO_ROOT / "experiments"
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One chapter folder: its script (imported on first use), config schema and presets."""
+
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @functools.cached_property
+    def module(self) -> ModuleType:
+        """``run.py``, imported once (its ``__main__`` block does not run)."""
+        name = f"mmkd_chapter_{self.name}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, self.folder / "run.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+        spec.loader.exec_module(module)
+        return module
+
+    @property
+    def schema(self) -> type:
+        """The config dataclass of ``run.py``: the one defined there with a ``train`` field."""
+        found = [obj for obj in vars(self.module).values()
+                 if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+                 and obj.__module__ == self.module.__name__
+                 and "train" in {f.name for f in dataclasses.fields(obj)}]
+        if len(found) != 1:
+            raise TypeError(f"{self.folder / 'run.py'} must define exactly one config dataclass "
+                            f"with a `train` field (found {[c.__name__ for c in found]})")
+        return found[0]
+
+    def preset_path(self, preset: str) -> Path:
+        return self.folder / f"{preset}.yaml"
+
+    def load_config(self, preset: str = "full", overrides: Sequence[str] = ()) -> Any:
+        """``<preset>.yaml`` merged into the chapter's schema (with ``key=value`` overrides)."""
+        cfg = load_config(self.schema, self.preset_path(preset), overrides)
+        if "preset" in cfg:
+            cfg.preset = preset
+        return cfg
+
+    def hook(self, name: str) -> Optional[Callable[..., Any]]:
+        """A function ``name`` of ``run.py``, or None when the chapter does not define it."""
+        fn = getattr(self.module, name, None)
+        return fn if callable(fn) else None
+
+
+def chapters(preset: Optional[str] = None, root: Path = EXPERIMENTS) -> List[Chapter]:
+    """Every chapter folder (with a ``<preset>.yaml`` when ``preset`` is given), by name."""
+    folders = sorted(p.parent for p in root.glob("*/run.py"))
+    return [Chapter(f) for f in folders if preset is None or (f / f"{preset}.yaml").is_file()]
+
+
+def chapter(name: str, root: Path = EXPERIMENTS) -> Chapter:
+    """The chapter in folder ``name``."""
+    if not (root / name / "run.py").is_file():
+        raise KeyError(f"no chapter '{name}' (choose from {[c.name for c in chapters(root=root)]})")
+    return Chapter(root / name)

@@ -1,0 +1,83 @@
+"""Variants x seeds: the rows of a chapter's table, each a small set of config overrides.
+
+A thesis table compares a few models that differ in one or two settings (a deeper encoder,
+no contrastive term, ...). A chapter lists them in its preset as :class:`Variant` entries;
+:func:`expand` turns the chapter config into one config per (variant, seed), validating
+every override before anything trains, so a typo in the last variant stops the run at
+once instead of after the first ones have trained.
+
+Seeds: ``seeds`` in the config, or the ``SEEDS`` environment variable (``SEEDS=3 make
+exp-ssa``), runs seeds ``train.seed, train.seed + 1, ...``; the seed is in every result row
+and in the run folder (``runs/<chapter>/<variant>-seed<k>/``), so reruns resume per seed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Sequence, Tuple
+
+from common.config import ConfigError, apply_overrides
+
+log = logging.getLogger(__name__)
+
+KINDS = ("train", "unimodal_pair")
+
+
+@dataclass
+class Variant:
+    """One row of a chapter's table.
+
+    ``name`` becomes the ``run`` column and the run folder; ``model`` the ``model`` column
+    (the thesis's row label). ``kind``: ``train`` (distil and evaluate) or ``unimodal_pair``
+    (evaluate the modality encoders as built, pretrained in ``full``, without any training:
+    the "image model for images, text model for texts" baseline). ``overrides`` are
+    ``key=value`` settings applied on top of the chapter config.
+    """
+
+    name: str = ""
+    model: str = ""
+    kind: str = "train"
+    overrides: List[str] = field(default_factory=list)
+
+
+def seed_count(configured: int) -> int:
+    """``SEEDS`` from the environment when set (the Makefile's knob), else ``configured``."""
+    raw = os.environ.get("SEEDS", "").strip()
+    if not raw:
+        return configured
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"config error: SEEDS={raw!r} must be a positive integer (e.g. SEEDS=3)")
+    return int(raw)
+
+
+def expand(cfg: Any, variants: Sequence[Variant], only: Sequence[str] = (),
+           seeds: int = 1) -> List[Tuple[Variant, Any]]:
+    """``[(variant, config)]`` for every selected variant and seed, in table order.
+
+    ``only`` selects variants by name (all when empty); each config has ``run`` set to the
+    variant's name and ``train.seed`` shifted by the seed index. Raises :class:`ConfigError`
+    for an unknown name in ``only``, an unknown ``kind`` or a bad override.
+    """
+    names = [v.name for v in variants]
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise ConfigError(f"config error: only={list(only)} names unknown variants {unknown}; "
+                          f"choose from {names}")
+    if len(set(names)) != len(names) or not all(names):
+        raise ConfigError(f"config error: variant names must be unique and non-empty, got {names}")
+    out = []
+    for variant in variants:
+        if only and variant.name not in only:
+            continue
+        if variant.kind not in KINDS:
+            raise ConfigError(f"config error: variant '{variant.name}' has kind '{variant.kind}'; "
+                              f"use one of {KINDS}")
+        base = apply_overrides(cfg, list(variant.overrides), f"variant '{variant.name}'")
+        base.run = variant.name
+        runs = 1 if variant.kind == "unimodal_pair" else seeds  # nothing random is trained
+        for k in range(runs):
+            seeded = apply_overrides(base, [f"train.seed={cfg.train.seed + k}"], "seeds")
+            out.append((variant, seeded))
+    log.info("%d run(s): %s", len(out), ", ".join(f"{v.name}/seed{c.train.seed}" for v, c in out))
+    return out

@@ -1,0 +1,149 @@
+"""Chapter 4: image-text contrastive learning (ITC), the memory bank, and the ITC ablation.
+
+The student is the MM-D2V2 model of chapter 3 (:class:`common.models.multimodal.MultimodalEncoder`:
+modality-specific blocks, then shared blocks), trained label-free by feature distillation:
+the shared CLS of an image and of its caption both regress the frozen image teacher's CLS
+vector of the image (MSE). This chapter (Sx3HRe in thesis draft 004) asks what one extra
+*alignment* term adds on top (``align``):
+
+- ``itc``: CLIP's symmetric contrastive loss on projected CLS vectors with a learnable
+  temperature; ``head.proj`` puts the projections on the encoder CLS (one per modality,
+  CLIP/FLAVA) or one on the shared CLS; retrieval uses the projected vectors. With
+  ``head.bank_size > 0`` every image is also contrasted with the texts of a FIFO memory bank
+  of past batches and every caption with the bank's images (:func:`common.memory_bank.banked_itc_loss`);
+  across processes the batch part is gathered, so negatives span the global batch;
+- ``none`` (-ITC): distillation alone; retrieval on the shared CLS;
+- ``cos``: SHRe's cosine-embedding alignment of the shared CLS, one random negative caption
+  per image (:func:`common.losses.cosine_alignment_loss`), independent of the batch size.
+
+    loss = MSE(kd_map(CLS(image)), teacher(image)) + MSE(kd_map(CLS(text)), teacher(image))
+         + align_weight * {ITC | 0 | cos}
+
+Each ``variants`` entry of the preset is one row of the thesis table; result rows go to
+``results/itc_ablation/<run>.csv``.
+
+    python experiments/itc_ablation/run.py                       # tiny preset, all variants
+    python experiments/itc_ablation/run.py preset=full           # the thesis setting (GPU)
+    python experiments/itc_ablation/run.py only=[sx3hre-itc] head.proj=shared
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from common.cli import main
+from common.config import (ConfigError, DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig,
+                           TeacherConfig, TextEncoderConfig, TrainConfig, parse_cli)
+from common.data.datasets import ImageTextPairs, TrainStream, collate_image_text
+from common.data.sources import open_source
+from common.data.tokenizer import build_tokenizer
+from common.data.transforms import train_transform
+from common.experiment import (markdown_table, prepare_distillation, run_folder, run_meta,
+                               write_rows)
+from common.losses import cosine_alignment_loss
+from common.memory_bank import banked_itc_loss
+from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal, cls_distillation
+from common.sweep import Variant, expand, seed_count
+from common.train import fit
+
+log = logging.getLogger("itc")
+HERE = Path(__file__).resolve().parent
+ALIGNMENTS = ("itc", "none", "cos")
+TABLE = ["run", "model", "dataset", "seed", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
+         "t2i_r10", "i2t_mean_recall", "t2i_mean_recall", "params_m", "train_minutes"]
+
+
+@dataclass
+class ItcConfig:
+    chapter: str = "itc_ablation"
+    run: str = "itc"  # the results file: results/itc_ablation/<run>.csv
+    preset: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # modality-specific blocks
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    shared: EncoderConfig = field(default_factory=lambda: EncoderConfig(depth=1))
+    head: HeadConfig = field(default_factory=HeadConfig)  # projections, temperature, bank size
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    align: str = "itc"  # the alignment term on top of distillation: itc | none | cos
+    align_weight: float = 1.0
+    cos_margin: float = 0.0  # CosineEmbeddingLoss margin of the `cos` term
+    variants: List[Variant] = field(default_factory=list)
+    only: List[str] = field(default_factory=list)  # run only these variants (by name)
+    seeds: int = 1  # seeds per variant; the SEEDS environment variable overrides it
+
+
+def build_model(cfg: ItcConfig) -> MultimodalEncoder:
+    """The student described by ``cfg`` (what the eval CLIs rebuild from a run's config.yaml)."""
+    pad_id = build_tokenizer(cfg.data).pad_id
+    return build_multimodal(cfg.image, cfg.text, cfg.shared, cfg.head, pad_id,
+                            contrastive=cfg.align == "itc")
+
+
+def ablation_losses(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor], align: str,
+                    align_weight: float = 1.0, cos_margin: float = 0.0) -> Dict[str, Tensor]:
+    """Distillation of both modalities plus the ``align`` term on the retrieval embeddings."""
+    image, text, scale, terms = cls_distillation(model, teacher, batch)
+    loss = terms["kd_image"] + terms["kd_text"]
+    if align == "itc":
+        core = getattr(model, "module", model)  # the banks live on the unwrapped model (DDP/DeepSpeed)
+        terms["itc"] = banked_itc_loss(image.embedding.float(), text.embedding.float(), scale,
+                                       core.image_bank, core.text_bank)
+        terms["logit_scale"] = scale.detach()
+        loss = loss + align_weight * terms["itc"]
+    elif align == "cos":
+        terms["cos"] = cosine_alignment_loss(image.embedding.float(), text.embedding.float(), cos_margin)
+        loss = loss + align_weight * terms["cos"]
+    return {"loss": loss, **terms}
+
+
+def check(variant: Variant, cfg: ItcConfig) -> None:
+    """Settings that would train nothing useful, refused before any variant trains."""
+    if cfg.align not in ALIGNMENTS:
+        raise ConfigError(f"config error: align={cfg.align} (variant '{variant.name}') is not one "
+                          f"of {ALIGNMENTS}")
+    if cfg.align == "none" and cfg.head.proj != "none":
+        raise ConfigError(f"config error: variant '{variant.name}' has align=none but "
+                          f"head.proj={cfg.head.proj}: no loss would train the projection that "
+                          f"retrieval uses; set head.proj=none")
+
+
+def run_variant(variant: Variant, cfg: ItcConfig, results_file: str) -> List[dict]:
+    """Train and evaluate one variant; its rows are written as soon as it is done."""
+    torch.manual_seed(cfg.train.seed)
+    evals, tokenizer, teacher = prepare_distillation(cfg)  # fills vocab size and teacher width
+    model = build_model(cfg)
+    out_dir = run_folder(cfg, f"{cfg.run}-seed{cfg.train.seed}")
+    pairs = ImageTextPairs(open_source(cfg.data, "train"),
+                           train_transform(cfg.data.image_size, cfg.data.crop_scale, cfg.data.hflip))
+    result = fit(model,
+                 lambda m, batch: ablation_losses(m, teacher, batch, cfg.align, cfg.align_weight,
+                                                  cfg.cos_margin),
+                 TrainStream(pairs, seed=cfg.train.seed), cfg.train, out_dir,
+                 collate_fn=collate_image_text(tokenizer, cfg.data.max_text_len),
+                 num_workers=cfg.data.num_workers, frozen=[teacher])
+    model.eval()
+    meta = run_meta(cfg, model, model_name=variant.model, teacher=cfg.teacher.name,
+                    steps=result.step, train_minutes=result.train_minutes)
+    rows = evals.alignment_rows(model, tokenizer, meta)
+    write_rows(cfg.chapter, results_file, rows)
+    return rows
+
+
+def run(cfg: ItcConfig) -> List[dict]:
+    runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds))  # bad overrides fail here
+    for variant, vcfg in runs:
+        check(variant, vcfg)
+    rows = [row for variant, vcfg in runs for row in run_variant(variant, vcfg, cfg.run)]
+    log.info("results:\n%s", markdown_table(rows, TABLE))
+    return rows
+
+
+if __name__ == "__main__":
+    main(lambda: run(parse_cli(ItcConfig, HERE)))

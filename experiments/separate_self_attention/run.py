@@ -1,0 +1,121 @@
+"""Chapter 3: separate self-attention (MM-D2V2), modality-specific blocks then shared blocks.
+
+Images and captions run through their own encoder blocks (full: the first blocks of
+data2vec 2.0 image / text; tiny: small ALiBi encoders), then through the same shared
+blocks (:class:`common.models.multimodal.MultimodalEncoder`). There are no labels and no
+contrastive term: the CLS output of the last shared block regresses the frozen
+self-supervised image teacher's final CLS vector of the paired image, for the image *and*
+for its caption (MSE; a linear map where the widths differ):
+
+    loss = MSE(kd_map(CLS_shared(image)), teacher(image)) + MSE(kd_map(CLS_shared(text)), teacher(image))
+
+Retrieval compares the shared CLS outputs by cosine similarity. The variants of the
+thesis's Table 6 are rows of ``variants`` in the preset: the baseline (full: 5 specific + 1
+shared block), "7" (one more specific block), "7_2" (one more shared block) and the
+unimodal pair (the image encoder for images, the text encoder for captions, never aligned).
+Result rows (recall, mean recall, cosine diagnostics, parameters, minutes) go to
+``results/separate_self_attention/<run>.csv``.
+
+    python experiments/separate_self_attention/run.py                   # tiny preset, all variants
+    python experiments/separate_self_attention/run.py preset=full       # the thesis setting (GPU)
+    python experiments/separate_self_attention/run.py only=[mm-d2v2] train.steps=200
+    SEEDS=3 python experiments/separate_self_attention/run.py           # three seeds per variant
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from common.cli import main
+from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig,
+                           TeacherConfig, TextEncoderConfig, TrainConfig, parse_cli)
+from common.data.datasets import ImageTextPairs, TrainStream, collate_image_text
+from common.data.sources import open_source
+from common.data.tokenizer import build_tokenizer
+from common.data.transforms import train_transform
+from common.experiment import (markdown_table, prepare_distillation, run_folder, run_meta,
+                               write_rows)
+from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal, cls_distillation
+from common.sweep import Variant, expand, seed_count
+from common.train import fit
+
+log = logging.getLogger("ssa")
+HERE = Path(__file__).resolve().parent
+TABLE = ["run", "model", "dataset", "seed", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
+         "t2i_r10", "i2t_mean_recall", "t2i_mean_recall", "cos_pos_shared", "cos_neg_shared",
+         "params_m", "train_minutes"]
+
+
+@dataclass
+class SsaConfig:
+    chapter: str = "separate_self_attention"
+    run: str = "ssa"  # the results file: results/separate_self_attention/<run>.csv
+    preset: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # modality-specific blocks
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    shared: EncoderConfig = field(default_factory=lambda: EncoderConfig(depth=1))
+    head: HeadConfig = field(default_factory=HeadConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    variants: List[Variant] = field(default_factory=list)
+    only: List[str] = field(default_factory=list)  # run only these variants (by name)
+    seeds: int = 1  # seeds per trained variant; the SEEDS environment variable overrides it
+
+
+def build_model(cfg: SsaConfig) -> MultimodalEncoder:
+    """The student described by ``cfg`` (what the eval CLIs rebuild from a run's config.yaml)."""
+    pad_id = build_tokenizer(cfg.data).pad_id
+    return build_multimodal(cfg.image, cfg.text, cfg.shared, cfg.head, pad_id)
+
+
+def ssa_losses(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The chapter's objective: CLS regression of the teacher for both modalities, nothing else."""
+    _, _, _, terms = cls_distillation(model, teacher, batch)
+    return {"loss": terms["kd_image"] + terms["kd_text"], **terms}
+
+
+def run_variant(variant: Variant, cfg: SsaConfig, results_file: str) -> List[dict]:
+    """Train (unless it is the unimodal pair) and evaluate one variant; its rows are written
+    as soon as it is done, so a later failure keeps them."""
+    torch.manual_seed(cfg.train.seed)
+    evals, tokenizer, teacher = prepare_distillation(cfg)  # fills vocab size and teacher width
+    model = build_model(cfg)
+
+    if variant.kind == "unimodal_pair":  # evaluated as built: no alignment training at all
+        model.eval()
+        encoders = nn.ModuleList([model.image, model.text])
+        meta = run_meta(cfg, encoders, model_name=variant.model, teacher="none", steps=0,
+                        train_minutes=0.0)
+        rows = evals.alignment_rows(model, tokenizer, meta, retrieve="encoder")
+    else:
+        out_dir = run_folder(cfg, f"{cfg.run}-seed{cfg.train.seed}")
+        pairs = ImageTextPairs(open_source(cfg.data, "train"),
+                               train_transform(cfg.data.image_size, cfg.data.crop_scale, cfg.data.hflip))
+        result = fit(model, lambda m, batch: ssa_losses(m, teacher, batch),
+                     TrainStream(pairs, seed=cfg.train.seed), cfg.train, out_dir,
+                     collate_fn=collate_image_text(tokenizer, cfg.data.max_text_len),
+                     num_workers=cfg.data.num_workers, frozen=[teacher])
+        model.eval()
+        meta = run_meta(cfg, model, model_name=variant.model, teacher=cfg.teacher.name,
+                        steps=result.step, train_minutes=result.train_minutes)
+        rows = evals.alignment_rows(model, tokenizer, meta)
+    write_rows(cfg.chapter, results_file, rows)
+    return rows
+
+
+def run(cfg: SsaConfig) -> List[dict]:
+    runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds))  # bad overrides fail here
+    rows = [row for variant, vcfg in runs for row in run_variant(variant, vcfg, cfg.run)]
+    log.info("results:\n%s", markdown_table(rows, TABLE))
+    return rows
+
+
+if __name__ == "__main__":
+    main(lambda: run(parse_cli(SsaConfig, HERE)))

@@ -1,0 +1,403 @@
+"""Chapter 1: unimodal vision knowledge distillation (thesis drafts 002 and 003).
+
+A frozen self-supervised ViT teacher (full: data2vec 2.0 image or BEiT v2, ViT-B/16; tiny:
+a label-free ViT bootstrapped on the synthetic world) is distilled into a shallow ALiBi
+ViT student (full: 5 blocks, MLP ratio 3; or the teacher's first blocks). The student has
+no patch embedding of its own: it *shares the teacher's frozen one*, computed once per
+batch and fed to the teacher's blocks and to the student's blocks
+(:meth:`~common.models.encoder.Encoder.forward_tokens`), which saves its parameters,
+memory and one forward pass per step. The objective is data2vec's target on every time
+step including CLS, for teacher and student alike:
+
+    Y     = LayerNorm(mean_l InstanceNorm(teacher layer l))     # l over target.teacher_layers
+    Y_hat = LayerNorm(mean_l InstanceNorm(student layer l))     # l over target.student_layers
+    loss  = MSE(Y_hat, Y)                                       # draft 003, eq. (1)-(6)
+
+No labels are read during training. Validation every ``train.eval_every`` steps is kNN
+retrieval (draft 002, listing 1): the ``knn_train`` split is the bank and ``knn_test`` the
+queries, and the reverse, top-1 and top-3, on a 100-class and a 10-class label set
+(CIFAR-100 / CIFAR-10 in ``full``). At the end the student is linearly probed and fully
+fine-tuned with layer decay (:mod:`common.finetune`), and the same kNN protocol scores the
+teacher and the untrained student (same code and seed, teacher embedding, no training) as
+reference rows. Rows go to ``results/unimodal_vision_kd/<run>.csv``.
+
+    python experiments/unimodal_vision_kd/run.py                  # tiny preset (CPU, minutes)
+    python experiments/unimodal_vision_kd/run.py preset=full      # the thesis setting (GPU)
+    python experiments/unimodal_vision_kd/run.py train.steps=200 student.depth=1
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from common.bench import BenchCase
+from common.cli import main
+from common.config import (ConfigError, DataConfig, EvalConfig, ImageEncoderConfig,
+                           TeacherConfig, TrainConfig, parse_cli)
+from common.data.datasets import ImageLabelSet, TrainStream
+from common.data.sources import dataset_name, open_source
+from common.data.transforms import eval_transform, train_transform
+from common.evaluation import embed_images
+from common.experiment import markdown_table, run_folder, run_meta, write_rows
+from common.finetune import FinetuneConfig, finetune_classifier
+from common.losses import kd_mse_loss
+from common.models.embed import ImageEmbed
+from common.models.encoder import Encoder, EncoderOutput, build_image_encoder
+from common.models.teachers import build_teacher, teacher_report
+from common.paths import runs_dir
+from common.retrieval import knn_topk_accuracies
+from common.targets import layer_averaged_targets
+from common.train import fit
+
+log = logging.getLogger("vision_kd")
+HERE = Path(__file__).resolve().parent
+TABLE = ["model", "dataset", "knn_top1", "knn_top3", "ft_top1", "ft_top5", "params_m",
+         "train_minutes", "steps"]
+POOLS = ("mean", "cls")
+PROTOCOL = {"full": "fine-tune", "linear": "linear probe"}
+
+
+@dataclass
+class TargetConfig:
+    """Which layers enter the layer-averaged targets (0 = all, the thesis; k = the top k,
+    data2vec's top-K) and which of data2vec's normalisations are applied."""
+
+    teacher_layers: int = 0
+    student_layers: int = 0
+    instance_norm: bool = True
+    layer_norm: bool = True
+
+
+@dataclass
+class SharedEmbedConfig:
+    """The shape of the teacher's patch embedding, which the student shares. Filled from the
+    teacher before the run folder is written, so the eval CLIs can rebuild the student
+    from ``config.yaml`` alone (the weights come with the checkpoint)."""
+
+    norm: bool = True  # a LayerNorm after the patches (data2vec 2.0); BEiT v2: none
+    norm_eps: float = 1e-6
+    abs_pos: bool = True  # fixed sin-cos positions (data2vec 2.0); BEiT v2: none
+
+
+@dataclass
+class KnnConfig:
+    """kNN validation: ``knn_train`` is the bank, ``knn_test`` the queries (and the reverse)."""
+
+    labels: List[str] = field(default_factory=lambda: ["fine", "coarse"])  # CIFAR-100 / CIFAR-10
+    pool: str = "mean"  # the image embedding: mean of the patch tokens | cls
+    bank_size: int = 0  # first N bank images (0 = all); small values for quick checks
+    query_size: int = 0
+
+
+@dataclass
+class VisionKdConfig:
+    chapter: str = "unimodal_vision_kd"
+    run: str = "vision_kd"  # the results file: results/unimodal_vision_kd/<run>.csv
+    preset: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    train_role: str = "train"  # the unlabelled training images (full: imagenet_train)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # the student's blocks; its embedding is the teacher's (freeze_embed must stay true)
+    student: ImageEncoderConfig = field(default_factory=lambda: ImageEncoderConfig(
+        depth=5, mlp_ratio=3.0, freeze_embed=True))
+    student_init: str = "random"  # random | teacher (the teacher's first student.depth blocks)
+    shared_embed: SharedEmbedConfig = field(default_factory=SharedEmbedConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(retrieval=[], zero_shot=""))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # full fine-tuning recipe
+    # the linear probe's recipe (its mode is always linear: frozen encoder, no augmentation)
+    linear_probe: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(mode="linear"))
+    finetune_modes: List[str] = field(default_factory=lambda: ["linear", "full"])  # [] = skip
+    # label sets to fine-tune on: fine (CIFAR-100 / 100 synthetic classes), coarse (CIFAR-10 / 10)
+    finetune_labels: List[str] = field(default_factory=lambda: ["fine"])
+    finetune_untrained: bool = True  # also fine-tune the untrained student (a reference row)
+
+
+# ---------------------------------------------------------------------------- the student
+def pool_tokens(x: Tensor, pool: str, num_extra: int = 1) -> Tensor:
+    """One vector per image from ``[B, T, D]`` tokens: the mean of the patch tokens (the
+    thesis' fine-tuning input) or the CLS token. Returns ``[B, D]``."""
+    if pool == "cls":
+        return x[:, 0]
+    if pool == "mean":
+        return x[:, num_extra:].mean(dim=1)
+    raise ConfigError(f"config error: knn.pool={pool} is not one of {'|'.join(POOLS)}")
+
+
+class VisionStudent(nn.Module):
+    """The student's blocks on top of a (shared, frozen) image embedding.
+
+    ``forward`` takes already embedded tokens, because during distillation the embedding
+    runs once per batch for teacher and student together; ``encode_image`` embeds images
+    itself (the eval CLIs' :class:`~common.evaluation.ImageTextModel` half), and ``image``
+    is the encoder that :mod:`common.finetune` and ``eval.finetune`` fine-tune.
+    """
+
+    def __init__(self, image: Encoder, pool: str = "mean"):
+        super().__init__()
+        self.image, self.pool = image, pool
+
+    def forward(self, tokens: Tensor) -> EncoderOutput:
+        """``tokens`` ``[B, T, D]`` -> the student's output with every block's ``layers``."""
+        return self.image.forward_tokens(tokens, return_layers=True)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Images ``[B, 3, H, W]`` -> pooled embeddings ``[B, D]`` (kNN retrieval)."""
+        return pool_tokens(self.image(images).x, self.pool, self.image.embed.num_extra_tokens)
+
+
+def shared_embed_settings(embed: nn.Module) -> SharedEmbedConfig:
+    """What :func:`build_model` needs to rebuild ``embed``'s architecture."""
+    if not isinstance(embed, ImageEmbed):
+        raise ConfigError(f"config error: the teacher's embedding is a {type(embed).__name__}; "
+                          f"this chapter shares an ImageEmbed (a ViT teacher's patch embedding)")
+    norm = isinstance(embed.norm, nn.LayerNorm)
+    return SharedEmbedConfig(norm=norm, norm_eps=embed.norm.eps if norm else 1e-6,
+                             abs_pos=embed.pos_embed is not None)
+
+
+def build_model(cfg: VisionKdConfig, embed: Optional[ImageEmbed] = None) -> VisionStudent:
+    """The student of ``cfg``: ``cfg.student`` blocks (random init, seeded by ``train.seed``)
+    on ``embed`` (the teacher's, shared) or, for the eval CLIs, on a fresh embedding shaped
+    like the teacher's (``cfg.shared_embed``) whose weights the checkpoint then provides."""
+    s, e = cfg.student, cfg.shared_embed
+    if not s.freeze_embed:
+        raise ConfigError("config error: student.freeze_embed=false would train the teacher's "
+                          "shared patch embedding; it must stay true in this chapter")
+    if embed is None:
+        embed = ImageEmbed(s.image_size, s.patch_size, s.in_chans, s.dim, norm=e.norm,
+                           norm_eps=e.norm_eps, abs_pos=e.abs_pos)
+    if embed.dim != s.dim:
+        raise ConfigError(f"config error: student.dim={s.dim} but the teacher's embedding has "
+                          f"width {embed.dim}; set student.dim={embed.dim}")
+    with torch.random.fork_rng(devices=[]):  # the same student whatever ran before
+        torch.manual_seed(cfg.train.seed)
+        return VisionStudent(Encoder(embed, s), cfg.knn.pool)
+
+
+def init_from_teacher(student: Encoder, teacher: Encoder) -> None:
+    """The later draft's student: the teacher's first ``len(student.blocks)`` blocks (and its
+    final norm, for pre-norm blocks), copied; the shapes must match the teacher's."""
+    if len(student.blocks) > len(teacher.blocks):
+        raise ConfigError(f"config error: student_init=teacher with student.depth="
+                          f"{len(student.blocks)}, but the teacher has {len(teacher.blocks)} blocks")
+    for i, block in enumerate(student.blocks):
+        try:
+            block.load_state_dict(teacher.blocks[i].state_dict())
+        except RuntimeError:
+            raise ConfigError("config error: student_init=teacher needs student blocks shaped like "
+                              "the teacher's; set student.heads/mlp_ratio/layer_norm_first/"
+                              "layer_scale/rel_pos_bias/alibi_scale as in the teacher") from None
+    if student.norm is not None and teacher.norm is not None:
+        student.norm.load_state_dict(teacher.norm.state_dict())
+
+
+def build_vit_teacher(cfg: VisionKdConfig) -> Encoder:
+    """The frozen teacher; it must be a ViT :class:`Encoder` (its embedding is shared)."""
+    teacher = build_teacher(cfg.teacher, cfg.data)
+    if not isinstance(teacher, Encoder) or not isinstance(teacher.embed, ImageEmbed):
+        raise ConfigError(f"config error: teacher.name={cfg.teacher.name} is not a ViT encoder; "
+                          f"this chapter shares the teacher's patch embedding, so use a tiny "
+                          f"label-free ViT recipe (tiny preset) or a data2vec 2.0 / BEiT v2 "
+                          f"checkpoint (full preset)")
+    return teacher
+
+
+# ---------------------------------------------------------------------------- the objective
+def _top(layers: Sequence[Tensor], k: int) -> Sequence[Tensor]:
+    return layers if k <= 0 else layers[-k:]
+
+
+def kd_losses(model: nn.Module, teacher: Encoder, images: Tensor,
+              target: TargetConfig) -> Dict[str, Tensor]:
+    """The chapter's loss on one batch, plus its CLS and patch parts (logged only).
+
+    The shared embedding runs once; its tokens feed the teacher's and the student's blocks.
+    """
+    with torch.no_grad():
+        tokens = teacher.embed_inputs(images)  # B x T x D, shared by teacher and student
+        layers = teacher.forward_tokens(tokens, return_layers=True).layers
+        y = layer_averaged_targets(_top(layers, target.teacher_layers), target.instance_norm,
+                                   target.layer_norm)  # B x T x D, fp32
+    student_layers = model(tokens).layers
+    y_hat = layer_averaged_targets(_top(student_layers, target.student_layers),
+                                   target.instance_norm, target.layer_norm)  # B x T x D
+    loss = kd_mse_loss(y_hat, y)
+    with torch.no_grad():
+        cls = kd_mse_loss(y_hat[:, :1], y[:, :1])
+        patches = kd_mse_loss(y_hat[:, 1:], y[:, 1:])
+    return {"loss": loss, "kd_cls": cls, "kd_patches": patches}
+
+
+# ---------------------------------------------------------------------------- kNN validation
+def _first(dataset: Dataset, size: int) -> Dataset:
+    return Subset(dataset, range(size)) if 0 < size < len(dataset) else dataset
+
+
+class KnnSets:
+    """The chapter's kNN validation: images of ``knn_train`` (bank) and ``knn_test``
+    (queries) are embedded once per evaluation and scored against every label set of
+    ``knn.labels``, in both directions. Keys: ``knn<C>_top<k>`` and ``knn<C>_rev_top<k>``
+    (C = the number of classes: 100 / 10, as CIFAR-100 / CIFAR-10)."""
+
+    def __init__(self, data: DataConfig, knn: KnnConfig, batch_size: int):
+        if not knn.labels:
+            raise ConfigError("config error: knn.labels is empty; use [fine], [coarse] or both")
+        transform = eval_transform(data.image_size)
+        self.data, self.batch_size, self.num_workers = data, batch_size, data.num_workers
+        self.bank = _first(ImageLabelSet(open_source(data, "knn_train"), transform), knn.bank_size)
+        self.queries = _first(ImageLabelSet(open_source(data, "knn_test"), transform),
+                              knn.query_size)
+        self.labels: Dict[str, Tuple[Tensor, Tensor]] = {}  # "knn100" -> (bank, query labels)
+        self.names: Dict[str, str] = {}  # "knn100" -> dataset name in the result rows
+        for label in knn.labels:
+            bank = open_source(data, "knn_train", label)
+            queries = open_source(data, "knn_test", label)
+            key = f"knn{len(bank.classnames)}"
+            self.labels[key] = (torch.tensor([bank.label(i) for i in range(len(self.bank))]),
+                                torch.tensor([queries.label(i) for i in range(len(self.queries))]))
+            self.names[key] = f"{dataset_name(data, 'knn_test')}{len(bank.classnames)}"
+
+    @torch.no_grad()
+    def metrics(self, encode_image: Callable[[Tensor], Tensor],
+                device: torch.device) -> Dict[str, float]:
+        """kNN top-1/top-3 (percent) of ``encode_image`` for every label set and direction."""
+        bank, _ = embed_images(encode_image, self.bank, device, self.batch_size, self.num_workers)
+        queries, _ = embed_images(encode_image, self.queries, device, self.batch_size,
+                                  self.num_workers)
+        out = {}
+        for key, (bank_labels, query_labels) in self.labels.items():
+            for name, acc in knn_topk_accuracies(queries, query_labels, bank, bank_labels).items():
+                out[f"{key}_{name}"] = round(acc, 2)
+            for name, acc in knn_topk_accuracies(bank, bank_labels, queries, query_labels).items():
+                out[f"{key}_rev_{name}"] = round(acc, 2)
+        return out
+
+    def rows(self, metrics: Dict[str, float], meta: dict) -> List[dict]:
+        """Result rows: per label set, bank->queries and the reverse."""
+        rows = []
+        for key, name in self.names.items():
+            rows.append({**meta, "dataset": name, "knn_top1": metrics[f"{key}_top1"],
+                         "knn_top3": metrics[f"{key}_top3"]})
+            rows.append({**meta, "dataset": f"{name} (reverse)",
+                         "knn_top1": metrics[f"{key}_rev_top1"],
+                         "knn_top3": metrics[f"{key}_rev_top3"],
+                         "notes": "test split as bank, train split as queries"})
+        return rows
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+def finetunable(encoder: Encoder) -> Encoder:
+    """A copy of the student's encoder whose embedding trains too: full fine-tuning tunes
+    every layer, the embedding as layer 0 of the layer-decay table (a linear probe freezes
+    the whole encoder anyway); the teacher's embedding itself is left untouched."""
+    out = copy.deepcopy(encoder)
+    out.freeze_embed = False
+    out.embed.requires_grad_(True)
+    return out
+
+
+def finetune_rows(cfg: VisionKdConfig, encoder: Encoder, name: str, meta: dict) -> List[dict]:
+    """Linear probe and/or full fine-tuning (``cfg.finetune_modes``) of ``encoder`` on the
+    ``knn_train`` split's labels (``cfg.finetune_labels``), validated on ``knn_test``: the
+    thesis' CIFAR-100 / CIFAR-10 fine-tuning. One row per label set and mode; the runs
+    live in ``runs/<chapter>/<run>/finetune/<name>-<classes>-<mode>/`` (a rerun resumes)."""
+    recipes = {"full": cfg.finetune, "linear": cfg.linear_probe}
+    rows = []
+    for label in cfg.finetune_labels:
+        train = open_source(cfg.data, "knn_train", label)
+        val = open_source(cfg.data, "knn_test", label)
+        classes = len(val.classnames)
+        for mode in cfg.finetune_modes:
+            if mode not in PROTOCOL:
+                raise ConfigError(f"config error: finetune_modes has '{mode}'; use linear and/or full")
+            out_dir = runs_dir(cfg.chapter, cfg.run, "finetune", f"{name}-{classes}-{mode}")
+            recipe = dataclasses.replace(OmegaConf.to_object(recipes[mode]), mode=mode)
+            result = finetune_classifier(finetunable(encoder), train, val, recipe, out_dir,
+                                         image_size=cfg.data.image_size)
+            rows.append({**meta, "dataset": f"{dataset_name(cfg.data, 'knn_test')}{classes} "
+                                            f"({PROTOCOL[mode]})",
+                         "ft_top1": result["ft_top1"], "ft_top5": result["ft_top5"],
+                         "notes": f"{PROTOCOL[mode]}: {result['steps']} steps, "
+                                  f"{result['train_minutes']:.2f} min"})
+    return rows
+
+
+# ---------------------------------------------------------------------------- the chapter
+def run(cfg: VisionKdConfig) -> List[dict]:
+    torch.manual_seed(cfg.train.seed)
+    knn = KnnSets(cfg.data, cfg.knn, cfg.eval.batch_size)  # a missing dataset stops here
+    train_images = ImageLabelSet(open_source(cfg.data, cfg.train_role),  # labels never read
+                                 train_transform(cfg.data.image_size, cfg.data.crop_scale,
+                                                 cfg.data.hflip))
+    teacher = build_vit_teacher(cfg)
+    cfg.shared_embed = shared_embed_settings(teacher.embed)
+    model = build_model(cfg, embed=teacher.embed)
+    if cfg.student_init == "teacher":
+        init_from_teacher(model.image, teacher)
+    elif cfg.student_init != "random":
+        raise ConfigError(f"config error: student_init={cfg.student_init}; use random or teacher")
+    out_dir = run_folder(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher.to(device)
+    model.to(device).eval()
+    num_extra = teacher.embed.num_extra_tokens
+
+    with torch.no_grad():  # references, by the same kNN code: the teacher and the untrained student
+        teacher_knn = knn.metrics(lambda x: pool_tokens(teacher(x).x, cfg.knn.pool, num_extra),
+                                  device)
+        untrained_knn = knn.metrics(model.encode_image, device)
+    untrained = copy.deepcopy(model.image) if cfg.finetune_untrained else None
+    log.info("teacher kNN: %s", teacher_knn)
+    log.info("untrained student kNN: %s", untrained_knn)
+
+    result = fit(model, lambda m, batch: kd_losses(m, teacher, batch["image"], cfg.target),
+                 TrainStream(train_images, seed=cfg.train.seed), cfg.train, out_dir,
+                 num_workers=cfg.data.num_workers, frozen=[teacher],
+                 evaluate=lambda m, step: knn.metrics(m.encode_image, device))
+    model.eval()
+    distilled_knn = {k: v for k, v in result.history[-1].items() if k != "step"}
+
+    label = f"student {cfg.student.depth} block{'s' if cfg.student.depth > 1 else ''}"
+    meta = run_meta(cfg, model, model_name=f"{label} (distilled)", teacher=cfg.teacher.name,
+                    steps=result.step, train_minutes=result.train_minutes)
+    untrained_meta = {**meta, "model": f"{label} (untrained)", "steps": 0, "train_minutes": 0.0}
+    report = teacher_report(cfg.teacher, cfg.data)  # a tiny teacher's bootstrap; {} for weights
+    teacher_meta = {**meta, "model": f"teacher:{cfg.teacher.name}", "steps": report.get("steps", ""),
+                    "train_minutes": report.get("train_minutes", ""),
+                    "params_m": round(sum(p.numel() for p in teacher.parameters()) / 1e6, 2)}
+    rows = knn.rows(teacher_knn, teacher_meta) + knn.rows(untrained_knn, untrained_meta)
+    if untrained is not None:
+        rows += finetune_rows(cfg, untrained, "untrained", untrained_meta)
+    # the distilled student's rows last: the eval CLIs label this run by its newest row
+    rows += knn.rows(distilled_knn, meta) + finetune_rows(cfg, model.image, "distilled", meta)
+    write_rows(cfg.chapter, cfg.run, rows)
+    log.info("results:\n%s", markdown_table(rows, TABLE))
+    return rows
+
+
+def bench_case(cfg: VisionKdConfig) -> BenchCase:
+    """``make bench PRESET=full``: this chapter's training step at the preset's size, with
+    random weights (nothing to download) and a teacher of ``teacher.encoder``'s architecture."""
+    teacher = build_image_encoder(cfg.teacher.encoder)
+    cfg.shared_embed = shared_embed_settings(teacher.embed)
+    batch = {"image": torch.randn(cfg.train.batch_size, 3, cfg.data.image_size, cfg.data.image_size,
+                                  generator=torch.Generator().manual_seed(0))}
+    return BenchCase(build_model(cfg, embed=teacher.embed),
+                     lambda m, b: kd_losses(m, teacher, b["image"], cfg.target)["loss"],
+                     batch, frozen=[teacher])
+
+
+if __name__ == "__main__":
+    main(lambda: run(parse_cli(VisionKdConfig, HERE)))

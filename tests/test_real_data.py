@@ -1,0 +1,480 @@
+"""The full preset's data path on small fixtures in the real on-disk formats: Karpathy json +
+JPEGs, CIFAR python pickles in tar.gz, ImageNet class folders, a CC3M index of file:// urls,
+VG region json, OpenWebText xz archives; prepared by ``common.data.prepare`` and read back
+through ``open_source(cfg, role)`` exactly as ``data.source=real`` does."""
+import io
+import json
+import pickle
+import sys
+import tarfile
+import types
+
+import numpy as np
+import PIL.Image
+import pytest
+import tokenizers
+import torch
+
+from common.config import DataConfig
+from common.data import cc3m, openwebtext
+from common.data.cc3m import Unavailable, fetch_url, prepare_cc3m
+from common.data.cifar import prepare_cifar
+from common.data.coco import prepare_karpathy
+from common.data.datasets import ImageLabelSet, RetrievalSet
+from common.data.imagenet import prepare_imagenet
+from common.data.imagenet_classes import CLASSNAMES, TEMPLATES
+from common.data.multi import RoundRobinSource, RoundRobinStream, image_text_stream
+from common.data.openwebtext import clean_document, prepare_openwebtext
+from common.data.prepare import prepare
+from common.data.sources import dataset_name, open_source, prompt_templates
+from common.data.text_shards import RandomWindows, open_text_shards
+from common.data.tokenizer import build_tokenizer
+from common.data.transforms import eval_transform, train_transform
+from common.data.visual_genome import prepare_visual_genome
+from common.errors import DataError
+
+
+# ---------------------------------------------------------------------------- fixture writers
+def write_jpeg(path, colour, size=(20, 16)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.Image.new("RGB", size, colour).save(path, "JPEG")
+
+
+def karpathy_entry(split, filename, captions, filepath=None):
+    entry = {"split": split, "filename": filename, "imgid": 0, "sentids": [],
+             "sentences": [{"raw": c, "tokens": c.split()} for c in captions]}
+    if filepath:
+        entry["filepath"] = filepath
+    return entry
+
+
+def write_coco(root):
+    folder = root / "coco"
+    images = []
+    for i, split in enumerate(["train", "train", "restval", "val", "test", "test", "test"]):
+        sub = "train2014" if split == "train" else "val2014"
+        name = f"COCO_{sub}_{i:012d}.jpg"
+        if i != 6:  # the last test image is missing on disk: skipped and counted
+            write_jpeg(folder / sub / name, (30 * i, 100, 200))
+        caps = [f"coco image {i} caption {k}" for k in range(5)]
+        if i == 4:
+            caps[2] = "   "  # an empty caption: dropped and counted
+        images.append(karpathy_entry(split, name, caps, filepath=sub))
+    (folder / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+
+
+def write_flickr(root):
+    folder = root / "flickr30k"
+    images = []
+    for i, split in enumerate(["train", "val", "test", "test"]):
+        write_jpeg(folder / "flickr30k-images" / f"{1000 + i}.jpg", (0, 20 * i, 50))
+        images.append(karpathy_entry(split, f"{1000 + i}.jpg",
+                                     [f"flickr {i} line\n{k}" for k in range(5)]))
+    (folder / "dataset_flickr30k.json").write_text(json.dumps({"images": images}))
+
+
+def cifar_images(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def cifar_expected():
+    """{variant_split: (HxWx3 images, labels)} of the CIFAR fixture, 2-4 images per batch."""
+    expected = {}
+    batches = [cifar_images(2, b) for b in range(1, 6)]
+    expected["cifar10_train"] = (np.concatenate(batches),
+                                 [x for b in range(1, 6) for x in (b % 10, (b + 3) % 10)])
+    expected["cifar10_test"] = (cifar_images(3, 9), [7, 8, 9])
+    for split, n, seed in (("train", 4, 20), ("test", 2, 21)):
+        expected[f"cifar100_{split}"] = (cifar_images(n, seed),
+                                         [(seed * 7 + 13 * k) % 100 for k in range(n)])
+    return expected
+
+
+def write_cifar_archives(root):
+    """Both official archives, pickled as the originals (byte-string keys)."""
+    def rows(images):
+        return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+
+    expected = cifar_expected()
+    folder, build = root / "cifar", root / "cifar_build"
+    c10, c100 = build / "cifar-10-batches-py", build / "cifar-100-python"
+    c10.mkdir(parents=True)
+    c100.mkdir()
+    images, labels = expected["cifar10_train"]
+    for b in range(5):
+        (c10 / f"data_batch_{b + 1}").write_bytes(pickle.dumps(
+            {b"batch_label": b"training batch", b"data": rows(images[2 * b:2 * b + 2]),
+             b"labels": labels[2 * b:2 * b + 2], b"filenames": [b"x.png"] * 2}))
+    images, labels = expected["cifar10_test"]
+    (c10 / "test_batch").write_bytes(pickle.dumps({b"data": rows(images), b"labels": labels}))
+    (c10 / "batches.meta").write_bytes(pickle.dumps(
+        {b"label_names": [f"c10_{k}".encode() for k in range(10)], b"num_vis": 3072}))
+    for split in ("train", "test"):
+        images, fine = expected[f"cifar100_{split}"]
+        (c100 / split).write_bytes(pickle.dumps(
+            {b"data": rows(images), b"fine_labels": fine,
+             b"coarse_labels": [f % 20 for f in fine]}))
+    (c100 / "meta").write_bytes(pickle.dumps(
+        {b"fine_label_names": [f"c100_{k}".encode() for k in range(100)],
+         b"coarse_label_names": [f"super_{k}".encode() for k in range(20)]}))
+    folder.mkdir()
+    for archive, sub in (("cifar-10-python.tar.gz", c10), ("cifar-100-python.tar.gz", c100)):
+        with tarfile.open(folder / archive, "w:gz") as tar:
+            tar.add(sub, arcname=sub.name)
+
+
+IMAGENET_FOLDERS = ("n01440764", "n01443537", "n15075141")  # classes 0, 1, 999
+
+
+def write_imagenet(root):
+    for wnid in IMAGENET_FOLDERS:
+        for k in range(2):
+            write_jpeg(root / "imagenet" / "val" / wnid / f"ILSVRC2012_val_{wnid}_{k}.JPEG",
+                       (k * 90, 40, 40))
+
+
+def write_cc3m(root, tmp):
+    """An index of 7 rows: 4 images, 1 missing file, 1 text file posing as an image, and an
+    image whose caption is blank."""
+    urls = []
+    for i in range(7):
+        path = tmp / "web" / f"img{i}.jpg"
+        if i == 1:
+            pass  # never written: a dead link
+        elif i == 3:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("<html>this image is no longer available</html>")
+        else:
+            write_jpeg(path, (200, 10 * i, 0))
+        urls.append(path.as_uri())
+    index = tmp / "Train_GCC-training.tsv"
+    captions = [f"cc3m caption {i}" for i in range(6)] + ["  "]
+    index.write_text("".join(f"{c}\t{u}\n" for c, u in zip(captions, urls)))
+    return index
+
+
+def write_visual_genome(root):
+    folder = root / "visual_genome"
+    write_jpeg(folder / "VG_100K" / "1.jpg", (10, 10, 10))
+    write_jpeg(folder / "VG_100K_2" / "2.jpg", (90, 90, 90))
+    regions = [
+        {"id": 1, "regions": [{"region_id": 1, "image_id": 1, "phrase": "a red hat", "x": 0,
+                               "y": 0, "width": 5, "height": 5},
+                              {"region_id": 2, "image_id": 1, "phrase": " ", "x": 1, "y": 1,
+                               "width": 3, "height": 3}]},
+        {"id": 2, "regions": [{"region_id": 3, "image_id": 2, "phrase": "man on a bench",
+                               "x": 0, "y": 0, "width": 8, "height": 8},
+                              {"region_id": 4, "image_id": 2, "phrase": "green tree", "x": 2,
+                               "y": 2, "width": 4, "height": 4}]},
+        {"id": 3, "regions": [{"region_id": 5, "image_id": 3, "phrase": "no image here",
+                               "x": 0, "y": 0, "width": 1, "height": 1}]},
+    ]
+    (folder / "region_descriptions.json").write_text(json.dumps(regions))
+
+
+OWT_DOCS = {
+    "urlsf_subset00-1_data.xz": {"0001-a.txt": "First line of a web page.\n\n\nSecond\x00 line.\n",
+                                 "0002-b.txt": "\n  \nOnly one line here, caf\u00e9.\n"},
+    "urlsf_subset00-2_data.xz": {"0003-c.txt": "Another page with text.\nAnd more."},
+    "urlsf_subset05-1_data.xz": {"0004-d.txt": "A validation page.\n\nWith two lines."},
+    "urlsf_subset07-1_data.xz": {"0005-e.txt": "Not in subsets 0-5."},
+}
+
+
+def write_openwebtext(root):
+    raw = root / "openwebtext" / "raw" / "openwebtext"
+    raw.mkdir(parents=True)
+    for archive, docs in OWT_DOCS.items():
+        with tarfile.open(raw / archive, "w:xz") as tar:
+            for name, text in docs.items():
+                data = text.encode("utf-8")
+                info = tarfile.TarInfo(f"{archive[:-3]}/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def write_gpt2_files(folder):
+    """A tiny byte-level BPE in GPT-2's file format (vocab.json + merges.txt)."""
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([t for docs in OWT_DOCS.values() for t in docs.values()] * 5,
+                            trainer=trainer)
+    folder.mkdir(parents=True)
+    bpe.model.save(str(folder))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Every image dataset written in its distributed format and prepared."""
+    root = tmp_path_factory.mktemp("datasets")
+    write_coco(root)
+    write_flickr(root)
+    write_cifar_archives(root)
+    write_imagenet(root)
+    write_visual_genome(root)
+    index = write_cc3m(root, tmp_path_factory.mktemp("cc3m_web"))
+    prepare_karpathy("coco", root)
+    prepare_karpathy("flickr30k", root)
+    prepare_cifar(root, verify=False)
+    prepare_imagenet(root)
+    prepare_visual_genome(root)
+    prepare_cc3m(root, index, limit=3, workers=2, backoff=0.0)
+    return root
+
+
+def real(root, **kw):
+    return DataConfig(source="real", root=str(root), **kw)
+
+
+def manifest(root, name):
+    return json.loads((root / name / "manifest.json").read_text())
+
+
+# ---------------------------------------------------------------------------- Karpathy
+def test_coco_karpathy_splits_counts_and_captions(root):
+    splits = manifest(root, "coco")["splits"]
+    assert splits["train"]["count"] == 3  # train + restval
+    assert splits["val"]["count"] == 1
+    assert splits["test"] == {"count": 2, "captions": 9, "skipped": 1, "skipped_captions": 1}
+    test = open_source(real(root), "coco_test")
+    assert len(test) == 2 and test.classnames == () and test.label(0) == -1
+    assert test.captions(0) == ["coco image 4 caption 0", "coco image 4 caption 1",
+                                "coco image 4 caption 3", "coco image 4 caption 4"]
+    assert np.asarray(test.image(1)).shape == (16, 20, 3)
+    retrieval = RetrievalSet(test, eval_transform(8))
+    assert retrieval.text_image_ids.tolist() == [0] * 4 + [1] * 5
+    assert retrieval[0]["image"].shape == (3, 8, 8)
+    assert dataset_name(real(root), "coco_test") == "coco5k"
+
+
+def test_flickr_test_split_and_caption_cleaning(root):
+    test = open_source(real(root), "flickr_test")
+    assert len(test) == 2 and manifest(root, "flickr30k")["splits"]["train"]["count"] == 1
+    assert test.captions(1)[4] == "flickr 3 line 4"  # the newline inside a caption became a space
+    assert np.asarray(test.image(0))[0, 0].tolist() == pytest.approx([0, 40, 50], abs=3)
+
+
+def test_prepare_skips_finished_work_and_force_redoes_it(root, caplog):
+    caplog.set_level("INFO")
+    before = (root / "coco" / "test.images.txt").stat().st_mtime_ns
+    assert prepare(["coco", "--root", str(root)])["splits"]["test"]["count"] == 2
+    assert "already prepared" in caplog.text
+    assert (root / "coco" / "test.images.txt").stat().st_mtime_ns == before
+
+
+def test_corrupt_jpeg_is_one_data_error_naming_the_file(root, tmp_path):
+    test = open_source(real(root), "coco_test")
+    good = test.path(0).read_bytes()
+    try:
+        test.path(0).write_bytes(good[: len(good) // 2])  # truncated download
+        with pytest.raises(DataError) as err:
+            RetrievalSet(test, eval_transform(8))[0]
+        message = str(err.value)
+        assert str(test.path(0)) in message and "\n" not in message
+    finally:
+        test.path(0).write_bytes(good)
+
+
+# ---------------------------------------------------------------------------- CIFAR / ImageNet
+def test_cifar_pickles_become_arrays_with_fine_and_coarse_roles(root):
+    expected = cifar_expected()
+    splits = manifest(root, "cifar")["splits"]
+    assert splits["cifar10_train"] == {"count": 10, "classes": 10}
+    assert splits["cifar100_test"] == {"count": 2, "classes": 100}
+    for role, label, key in (("knn_train", "fine", "cifar100_train"),
+                             ("knn_test", "fine", "cifar100_test"),
+                             ("knn_train", "coarse", "cifar10_train"),
+                             ("knn_test", "coarse", "cifar10_test")):
+        source = open_source(real(root), role, label=label)
+        images, labels = expected[key]
+        assert len(source) == len(labels)
+        assert [source.label(i) for i in range(len(source))] == labels
+        assert all(np.array_equal(source.image(i), images[i]) for i in range(len(source)))
+        assert len(source.classnames) == (100 if label == "fine" else 10)
+    knn = ImageLabelSet(open_source(real(root), "knn_test", label="coarse"), eval_transform(32))
+    assert knn.classnames[7] == "c10_7" and knn[0]["label"] == 7
+
+
+def test_cifar_md5_check_rejects_a_modified_archive(root, tmp_path):
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    (folder / "cifar-10-python.tar.gz").write_bytes(
+        (root / "cifar" / "cifar-10-python.tar.gz").read_bytes())
+    with pytest.raises(DataError, match="MD5") as err:
+        prepare_cifar(tmp_path)
+    assert "--no-verify" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_imagenet_class_folders_get_standard_labels_and_clip_names(root):
+    val = open_source(real(root), "imagenet_val")
+    assert len(val) == 6 and manifest(root, "imagenet")["splits"]["val"]["classes"] == 3
+    assert [val.label(i) for i in range(len(val))] == [0, 0, 1, 1, 999, 999]
+    assert len(val.classnames) == 1000 and val.classnames[999] == "toilet paper"
+    assert val.classnames[0] == "tench" and CLASSNAMES[1] == "goldfish"
+    templates = prompt_templates(real(root))
+    assert templates == list(TEMPLATES) and len(templates) == 80
+    assert all(t.count("{}") == 1 for t in templates)
+
+
+# ---------------------------------------------------------------------------- CC3M / VG
+def test_cc3m_keeps_first_available_and_counts_unavailable(root):
+    split = manifest(root, "cc3m")["splits"]["train"]
+    # rows 0, 2, 4 are the first 3 available; 1 (missing file) and 3 (not an image) skipped
+    assert split == {"count": 3, "skipped": 2, "unavailable": 2, "failed": 0, "empty_caption": 0}
+    source = cc3m.open_cc3m(root / "cc3m")
+    assert [source.captions(i) for i in range(3)] == [["cc3m caption 0"], ["cc3m caption 2"],
+                                                      ["cc3m caption 4"]]
+    assert np.asarray(source.image(2))[0, 0].tolist() == pytest.approx([200, 40, 0], abs=3)
+
+
+def test_cc3m_resume_skips_done_rows_and_retries_transient_failures(tmp_path):
+    index = write_cc3m(tmp_path, tmp_path)
+    calls = []
+    flaky = {"img2.jpg": 2}  # fails twice with a connection error, then works
+
+    def fetch(url, timeout):
+        calls.append(url.rsplit("/", 1)[-1])
+        if flaky.get(calls[-1], 0) > 0:
+            flaky[calls[-1]] -= 1
+            raise ConnectionResetError("reset by peer")
+        return fetch_url(url, timeout)
+
+    first = prepare_cc3m(tmp_path, index, limit=2, workers=1, retries=0, backoff=0.0, fetch=fetch)
+    assert first["splits"]["train"]["count"] == 2 and first["splits"]["train"]["failed"] == 1
+    calls.clear()
+    # a larger subset: finished and unavailable rows are not fetched again, the failed one is
+    second = prepare_cc3m(tmp_path, index, limit=10, workers=2, retries=1, backoff=0.0, fetch=fetch)
+    assert "img0.jpg" not in calls and "img1.jpg" not in calls and "img3.jpg" not in calls
+    assert calls.count("img2.jpg") == 2  # one more failure, then the retry succeeds
+    assert second["splits"]["train"] == {"count": 4, "skipped": 3, "unavailable": 2,
+                                         "failed": 0, "empty_caption": 1}
+    assert "img6.jpg" not in calls  # a row without caption is not downloaded
+    with pytest.raises(Unavailable):
+        fetch_url((tmp_path / "nope.jpg").as_uri(), 1.0)
+
+
+def test_visual_genome_region_phrases_are_captions(root):
+    assert manifest(root, "visual_genome")["splits"]["train"] == {
+        "count": 2, "pairs": 3, "skipped": 1, "skipped_phrases": 1}
+    source = open_source(real(root, train_sets=["visual_genome"]), "train")
+    assert source.captions(0) == ["a red hat"]
+    assert source.captions(1) == ["man on a bench", "green tree"]
+
+
+# ---------------------------------------------------------------------------- round robin
+def test_round_robin_training_mix_alternates_and_is_deterministic(root):
+    cfg = real(root, train_sets=["coco", "cc3m", "visual_genome"], image_size=8)
+    source = open_source(cfg, "train")
+    assert isinstance(source, RoundRobinSource) and dataset_name(cfg, "train") == \
+        "coco+cc3m+visual_genome"
+    assert len(source) == 3 * 3 and source.captions(1) == ["cc3m caption 0"]
+    stream = image_text_stream(source, train_transform(8), seed=5, batch_size=2)
+    assert isinstance(stream, RoundRobinStream)
+    prefixes = ("coco image", "cc3m caption", "")
+    for k in range(24):  # 12 steps of 2: coco, cc3m, vg, coco, ...
+        caption = stream[k]["caption"]
+        expected = prefixes[(k // 2) % 3]
+        if expected:
+            assert caption.startswith(expected), (k, caption)
+        else:
+            assert caption in ("a red hat", "man on a bench", "green tree")
+    again = image_text_stream(open_source(cfg, "train"), train_transform(8), seed=5, batch_size=2)
+    for k in (0, 7, 23):  # any item, in any order, in a fresh process-like copy: the same
+        a, b = stream[k], again[k]
+        assert a["caption"] == b["caption"] and torch.equal(a["image"], b["image"])
+    coco_items = {stream.locate(k)[1] for k in range(0, 24) if stream.locate(k)[0] == 0}
+    assert coco_items == set(range(8))  # each source walks its own stream without gaps
+
+
+def test_missing_and_unprepared_datasets_are_one_line_errors(root, tmp_path):
+    with pytest.raises(DataError) as err:
+        open_source(real(tmp_path), "coco_test")
+    assert "does not exist" in str(err.value) and "common.data.prepare coco" in str(err.value)
+    (tmp_path / "flickr30k").mkdir()
+    with pytest.raises(DataError, match="prepare flickr30k") as err:
+        open_source(real(tmp_path), "flickr_test")
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="train_sets"):
+        open_source(real(root, train_sets=["imagenet"]), "train")
+
+
+# ---------------------------------------------------------------------------- OpenWebText
+def test_openwebtext_shards_round_trip_and_resume(tmp_path, monkeypatch):
+    write_openwebtext(tmp_path)
+    write_gpt2_files(tmp_path / "gpt2")
+    result = prepare_openwebtext(tmp_path)
+    assert result["splits"]["train"]["count"] == 3 and result["splits"]["train"]["shards"] == 2
+    assert result["splits"]["val"]["count"] == 1
+    assert result["splits"]["train"]["nul_bytes"] == 1
+    assert result["splits"]["train"]["skipped_lines"] == 4  # 2 + 2 blank or whitespace lines
+    tok = build_tokenizer(DataConfig(tokenizer="gpt2", root=str(tmp_path)))
+    shards = open_text_shards(tmp_path / "openwebtext", "train")
+    ids = np.concatenate([np.asarray(shards.shard(i)) for i in range(2)])
+    assert ids.dtype == np.uint16 and len(shards) == len(ids)
+    docs = np.split(ids, np.flatnonzero(ids == tok.eos_id) + 1)[:-1]
+    texts = [t for name in ("urlsf_subset00-1_data.xz", "urlsf_subset00-2_data.xz")
+             for t in OWT_DOCS[name].values()]
+    assert [tok.decode(d.tolist()) for d in docs] == [clean_document(t)[0] for t in texts]
+    assert tok.decode(docs[0].tolist()) == "First line of a web page.\nSecond line."
+
+    windows = RandomWindows(shards, seq_len=5, seed=3)
+    assert torch.equal(windows[11], RandomWindows(shards, 5, seed=3)[11])
+    for k in range(20):
+        w = windows[k].numpy()
+        assert len(w) == 5 and any(np.array_equal(w, ids[s:s + 5]) for s in range(len(ids) - 4))
+
+    # resume per input file: only the archive whose shard is missing is encoded again
+    encoded = []
+    real_encode = openwebtext.encode_archive
+    monkeypatch.setattr(openwebtext, "encode_archive",
+                        lambda path, tok: encoded.append(path.name) or real_encode(path, tok))
+    (tmp_path / "openwebtext" / "manifest.json").unlink()
+    (tmp_path / "openwebtext" / "train" / "urlsf_subset00-2_data.json").unlink()
+    assert prepare_openwebtext(tmp_path)["splits"] == result["splits"]
+    assert encoded == ["urlsf_subset00-2_data.xz"]
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_lists_every_dataset_and_delegates_glue(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        prepare(["--help"])
+    out = capsys.readouterr().out
+    for name in ("imagenet", "cifar", "coco", "flickr30k", "cc3m", "visual_genome",
+                 "openwebtext", "glue"):
+        assert name in out
+    seen = []
+    fake = types.ModuleType("common.data.glue")
+    fake.prepare_glue = lambda root: seen.append(root) or root / "glue"
+    monkeypatch.setitem(sys.modules, "common.data.glue", fake)
+    prepare(["glue", "--root", str(tmp_path)])
+    assert seen == [tmp_path]
+
+
+def test_imagenet_from_hugging_face_parquet_is_exported_into_class_folders(tmp_path):
+    pytest.importorskip("datasets")  # optional dependency: `pip install datasets`
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    def jpeg(colour):
+        buffer = io.BytesIO()
+        PIL.Image.new("RGB", (10, 8), colour).save(buffer, "JPEG")
+        return buffer.getvalue()
+
+    data = tmp_path / "hf" / "data"
+    data.mkdir(parents=True)
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for split, rows in (("train", [((200, 0, 0), "a.JPEG", 0), ((0, 0, 200), None, 999)]),
+                        ("validation", [((0, 200, 0), "b.JPEG", 1)])):
+        pq.write_table(pa.table({
+            "image": pa.array([{"bytes": jpeg(c), "path": p} for c, p, _ in rows], image_type),
+            "label": pa.array([label for *_, label in rows], pa.int64())}),
+            data / f"{split}-00000-of-00001.parquet")
+    result = prepare_imagenet(tmp_path / "root", hf=tmp_path / "hf")
+    assert result["splits"] == {"train": {"count": 2, "classes": 2},
+                                "val": {"count": 1, "classes": 1}}
+    val = open_source(real(tmp_path / "root"), "imagenet_val")
+    assert val.files == ["val/n01443537/b.JPEG"] and val.label(0) == 1
+    assert val.image(0).getpixel((0, 0))[1] > 150
