@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PRESET
 
-.PHONY: venv test bench exp-shre exp-vision-kd exp-ssa exp-itc compare figures clean-runs
+.PHONY: venv test bench exp-shre exp-vision-kd exp-ssa exp-itc exp-all compare figures clean-runs
 
 venv: $(STAMP)
 
@@ -55,6 +55,13 @@ compare: $(STAMP)
 # Thesis figures (PNG + PDF) from results/ and runs/*/metrics.jsonl into results/figures/
 figures: $(STAMP)
 	$(PY) -m eval.plot $(ARGS)
+
+# Every chapter's preset in turn, then the comparison table and the figures.
+EXPERIMENTS := exp-shre exp-vision-kd exp-ssa exp-itc
+exp-all: $(STAMP)
+	for target in $(EXPERIMENTS); do $(MAKE) --no-print-directory $$target || exit 1; done
+	$(MAKE) --no-print-directory compare
+	$(MAKE) --no-print-directory figures
 
 clean-runs:
 	rm -rf runs

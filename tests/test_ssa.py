@@ -1,5 +1,5 @@
 """End-to-end: the separate self-attention chapter's tiny preset with a few steps, its CSV
-rows, seeds, the eval-CLI contract (``build_model(cfg)`` from a run's config.yaml) and errors."""
+rows, seeds, the eval-CLI contract (a run folder rebuilt through ``build_model``) and errors."""
 import importlib.util
 import os
 import subprocess
@@ -11,12 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from common.config import (EncoderConfig, ImageEncoderConfig, TextEncoderConfig, load_config,
-                           parse_cli)
+from common.config import EncoderConfig, ImageEncoderConfig, TextEncoderConfig, parse_cli
 from common.models.encoder import EncoderOutput
 from common.models.multimodal import HeadConfig, build_multimodal
 from common.results import COLUMNS
-from common.train import load_weights
+from eval.checkpoint_model import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "experiments" / "separate_self_attention"
@@ -51,16 +50,13 @@ def test_tiny_run_all_variants_and_rebuild_from_config(monkeypatch):
             assert -1 <= row[col] <= 1, col
         assert row["notes"].startswith("R@1 i2t/t2i by level: encoder")
 
-    # the eval CLIs' contract: config.yaml of a run folder + build_model(cfg) + the checkpoint
+    # the eval CLIs' contract: config.yaml of a run folder + the chapter's build_model + weights
     folder = Path(os.environ["MMKD_RUNS"]) / "separate_self_attention" / "mm-d2v2-7_2-seed0"
-    cfg = load_config(ssa.SsaConfig, folder / "config.yaml")
-    assert cfg.shared.depth == 2 and cfg.head.target_dim == 128  # the tiny CNN's width at 0.25
-    model = ssa.build_model(cfg)
-    load_weights(model, folder)
+    loaded = load_run(folder)
+    assert loaded.cfg.shared.depth == 2 and loaded.cfg.head.target_dim == 128  # tiny CNN at width 0.25
+    assert loaded.step == 3 and loaded.model_name == "MM-D2V2 7_2 (2+2)"
+    assert loaded.model.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 128)
     assert '"kd_text"' in (folder / "metrics.jsonl").read_text()
-    images = torch.randn(2, 3, 32, 32)
-    assert model.eval().encode_image(images).shape == (2, 128)
-
 
 def test_seeds_from_the_environment_run_and_record_each_seed(monkeypatch):
     monkeypatch.setenv("SEEDS", "2")

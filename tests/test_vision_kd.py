@@ -140,9 +140,12 @@ def test_the_eval_clis_rebuild_the_student_from_its_config_alone():
 
 
 def test_student_init_from_a_teacher_of_another_shape_and_a_cnn_teacher_are_one_line_errors(monkeypatch):
-    _, teacher, model = _teacher_and_student(["student.mlp_ratio=3.0"])
+    cfg, teacher, model = _teacher_and_student(["student.mlp_ratio=3.0"])
     with pytest.raises(ConfigError, match="student.heads/mlp_ratio"):
         vkd.init_from_teacher(model.image, teacher)
+    cfg.student.patch_size = 4  # the teacher's embedding has 8-px patches
+    with pytest.raises(ConfigError, match="student.patch_size=8"):
+        vkd.build_model(cfg, embed=teacher.embed)
     monkeypatch.setattr(vkd, "build_teacher", lambda *a: torch.nn.Linear(2, 2))
     with pytest.raises(ConfigError, match="not a ViT encoder"):
         vkd.build_vit_teacher(parse_cli(vkd.VisionKdConfig, CHAPTER, ["teacher.name=tiny-cnn"]))
@@ -169,6 +172,7 @@ def test_tiny_run_writes_teacher_untrained_and_distilled_rows_and_resumes():
     assert by_model["student 1 block (distilled)"] == 4 and by_model["teacher:tiny-d2v"] == 3
     assert by_model["student 1 block (untrained)"] == 0
     assert df["model"].iloc[-1] == "student 1 block (distilled)"  # what the eval CLIs label the run by
+    assert knn["model"].iloc[-1] == "student 1 block (distilled)"  # kNN rows are written first
     metrics = (Path(os.environ["MMKD_RUNS"]) / "unimodal_vision_kd" / "vision_kd" / "metrics.jsonl").read_text()
     assert '"kd_cls"' in metrics and '"knn100_top1"' in metrics and '"knn10_rev_top3"' in metrics
 
@@ -186,3 +190,14 @@ def test_full_preset_without_data_names_what_is_missing_before_anything_is_built
     assert "does not exist" in proc.stderr and str(tmp_path) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (Path(os.environ["MMKD_RUNS"]) / "unimodal_vision_kd").exists()
+
+
+def test_full_preset_training_step_builds_and_runs_at_a_tiny_shape():
+    from common import bench
+
+    assert "unimodal_vision_kd" in bench.benchable_chapters()
+    shape = ["data.image_size=32", "train.batch_size=2", "train.precision='no'"] + [
+        f"{enc}.{key}" for enc in ("teacher.encoder", "student")
+        for key in ("dim=32", "heads=2", "depth=2", "image_size=32")]
+    out = bench.bench_chapter("unimodal_vision_kd", steps=1, overrides=shape, device="cpu")
+    assert out["batch"] == 2 and out["flops_per_step"] > 0 and out["steps_per_s"] > 0

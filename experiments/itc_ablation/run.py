@@ -41,7 +41,6 @@ from common.config import (ConfigError, DataConfig, EncoderConfig, EvalConfig, I
                            TeacherConfig, TextEncoderConfig, TrainConfig, parse_cli)
 from common.data.datasets import ImageTextPairs, TrainStream, collate_image_text
 from common.data.sources import open_source
-from common.data.tokenizer import build_tokenizer
 from common.data.transforms import train_transform
 from common.experiment import (markdown_table, prepare_distillation, run_folder, run_meta,
                                write_rows)
@@ -79,9 +78,8 @@ class ItcConfig:
     seeds: int = 1  # seeds per variant; the SEEDS environment variable overrides it
 
 
-def build_model(cfg: ItcConfig) -> MultimodalEncoder:
+def build_model(cfg: ItcConfig, pad_id: int) -> MultimodalEncoder:
     """The student described by ``cfg`` (what the eval CLIs rebuild from a run's config.yaml)."""
-    pad_id = build_tokenizer(cfg.data).pad_id
     return build_multimodal(cfg.image, cfg.text, cfg.shared, cfg.head, pad_id,
                             contrastive=cfg.align == "itc")
 
@@ -118,7 +116,7 @@ def run_variant(variant: Variant, cfg: ItcConfig, results_file: str) -> List[dic
     """Train and evaluate one variant; its rows are written as soon as it is done."""
     torch.manual_seed(cfg.train.seed)
     evals, tokenizer, teacher = prepare_distillation(cfg)  # fills vocab size and teacher width
-    model = build_model(cfg)
+    model = build_model(cfg, tokenizer.pad_id)
     out_dir = run_folder(cfg, f"{cfg.run}-seed{cfg.train.seed}")
     pairs = ImageTextPairs(open_source(cfg.data, "train"),
                            train_transform(cfg.data.image_size, cfg.data.crop_scale, cfg.data.hflip))

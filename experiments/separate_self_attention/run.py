@@ -36,7 +36,6 @@ from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderCo
                            TeacherConfig, TextEncoderConfig, TrainConfig, parse_cli)
 from common.data.datasets import ImageTextPairs, TrainStream, collate_image_text
 from common.data.sources import open_source
-from common.data.tokenizer import build_tokenizer
 from common.data.transforms import train_transform
 from common.experiment import (markdown_table, prepare_distillation, run_folder, run_meta,
                                write_rows)
@@ -69,9 +68,8 @@ class SsaConfig:
     seeds: int = 1  # seeds per trained variant; the SEEDS environment variable overrides it
 
 
-def build_model(cfg: SsaConfig) -> MultimodalEncoder:
+def build_model(cfg: SsaConfig, pad_id: int) -> MultimodalEncoder:
     """The student described by ``cfg`` (what the eval CLIs rebuild from a run's config.yaml)."""
-    pad_id = build_tokenizer(cfg.data).pad_id
     return build_multimodal(cfg.image, cfg.text, cfg.shared, cfg.head, pad_id)
 
 
@@ -86,7 +84,7 @@ def run_variant(variant: Variant, cfg: SsaConfig, results_file: str) -> List[dic
     as soon as it is done, so a later failure keeps them."""
     torch.manual_seed(cfg.train.seed)
     evals, tokenizer, teacher = prepare_distillation(cfg)  # fills vocab size and teacher width
-    model = build_model(cfg)
+    model = build_model(cfg, tokenizer.pad_id)
 
     if variant.kind == "unimodal_pair":  # evaluated as built: no alignment training at all
         model.eval()

@@ -100,6 +100,8 @@ class KnnConfig:
 
 @dataclass
 class VisionKdConfig:
+    """The chapter's settings; ``tiny.yaml`` / ``full.yaml`` set their values."""
+
     chapter: str = "unimodal_vision_kd"
     run: str = "vision_kd"  # the results file: results/unimodal_vision_kd/<run>.csv
     preset: str = "tiny"
@@ -116,7 +118,7 @@ class VisionKdConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(retrieval=[], zero_shot=""))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # full fine-tuning recipe
-    # the linear probe's recipe (its mode is always linear: frozen encoder, no augmentation)
+    # the linear probe's recipe (always mode linear: frozen encoder, no RandAugment/mixup/erasing)
     linear_probe: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(mode="linear"))
     finetune_modes: List[str] = field(default_factory=lambda: ["linear", "full"])  # [] = skip
     # label sets to fine-tune on: fine (CIFAR-100 / 100 synthetic classes), coarse (CIFAR-10 / 10)
@@ -178,9 +180,11 @@ def build_model(cfg: VisionKdConfig, embed: Optional[ImageEmbed] = None) -> Visi
     if embed is None:
         embed = ImageEmbed(s.image_size, s.patch_size, s.in_chans, s.dim, norm=e.norm,
                            norm_eps=e.norm_eps, abs_pos=e.abs_pos)
-    if embed.dim != s.dim:
-        raise ConfigError(f"config error: student.dim={s.dim} but the teacher's embedding has "
-                          f"width {embed.dim}; set student.dim={embed.dim}")
+    grid = (embed.dim, embed.patch_embed.img_size[0], embed.patch_embed.patch_size[0])
+    if grid != (s.dim, s.image_size, s.patch_size):
+        raise ConfigError(f"config error: the teacher's embedding has width {grid[0]}, image size "
+                          f"{grid[1]} and patch size {grid[2]}; set student.dim={grid[0]} "
+                          f"student.image_size={grid[1]} student.patch_size={grid[2]}")
     with torch.random.fork_rng(devices=[]):  # the same student whatever ran before
         torch.manual_seed(cfg.train.seed)
         return VisionStudent(Encoder(embed, s), cfg.knn.pool)
@@ -235,8 +239,9 @@ def kd_losses(model: nn.Module, teacher: Encoder, images: Tensor,
                                    target.instance_norm, target.layer_norm)  # B x T x D
     loss = kd_mse_loss(y_hat, y)
     with torch.no_grad():
-        cls = kd_mse_loss(y_hat[:, :1], y[:, :1])
-        patches = kd_mse_loss(y_hat[:, 1:], y[:, 1:])
+        n = teacher.embed.num_extra_tokens  # CLS
+        cls = kd_mse_loss(y_hat[:, :n], y[:, :n])
+        patches = kd_mse_loss(y_hat[:, n:], y[:, n:])
     return {"loss": loss, "kd_cls": cls, "kd_patches": patches}
 
 
@@ -336,6 +341,7 @@ def finetune_rows(cfg: VisionKdConfig, encoder: Encoder, name: str, meta: dict) 
 
 # ---------------------------------------------------------------------------- the chapter
 def run(cfg: VisionKdConfig) -> List[dict]:
+    """Distil, validate, fine-tune; write and return the chapter's result rows."""
     torch.manual_seed(cfg.train.seed)
     knn = KnnSets(cfg.data, cfg.knn, cfg.eval.batch_size)  # a missing dataset stops here
     train_images = ImageLabelSet(open_source(cfg.data, cfg.train_role),  # labels never read
@@ -377,12 +383,16 @@ def run(cfg: VisionKdConfig) -> List[dict]:
     teacher_meta = {**meta, "model": f"teacher:{cfg.teacher.name}", "steps": report.get("steps", ""),
                     "train_minutes": report.get("train_minutes", ""),
                     "params_m": round(sum(p.numel() for p in teacher.parameters()) / 1e6, 2)}
-    rows = knn.rows(teacher_knn, teacher_meta) + knn.rows(untrained_knn, untrained_meta)
-    if untrained is not None:
-        rows += finetune_rows(cfg, untrained, "untrained", untrained_meta)
+    rows = (knn.rows(teacher_knn, teacher_meta) + knn.rows(untrained_knn, untrained_meta)
+            + knn.rows(distilled_knn, meta))
+    write_rows(cfg.chapter, cfg.run, rows)  # kept even if fine-tuning fails later
     # the distilled student's rows last: the eval CLIs label this run by its newest row
-    rows += knn.rows(distilled_knn, meta) + finetune_rows(cfg, model.image, "distilled", meta)
-    write_rows(cfg.chapter, cfg.run, rows)
+    tuned = (finetune_rows(cfg, untrained, "untrained", untrained_meta)
+             if untrained is not None else [])
+    tuned += finetune_rows(cfg, model.image, "distilled", meta)
+    if tuned:
+        write_rows(cfg.chapter, cfg.run, tuned)
+    rows += tuned
     log.info("results:\n%s", markdown_table(rows, TABLE))
     return rows
 
