@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PRESET
 
-.PHONY: venv test bench exp-shre exp-vision-kd exp-ssa exp-itc exp-all compare figures clean-runs
+.PHONY: venv test bench exp-shre exp-vision-kd exp-ssa exp-itc exp-teachers exp-all compare figures clean-runs
 
 venv: $(STAMP)
 
@@ -47,6 +47,9 @@ exp-ssa: $(STAMP)
 exp-itc: $(STAMP)
 	$(RUN) experiments/itc_ablation/run.py $(ARGS)
 
+exp-teachers: $(STAMP)
+	$(RUN) experiments/teacher_comparison/run.py $(ARGS)
+
 # Result CSVs side by side with the published numbers (markdown; mean ± std over seeds), e.g.
 # make compare ARGS="--where dataset=coco5k,flickr1k --metrics i2t_r1 t2i_r1"
 compare: $(STAMP)
@@ -57,7 +60,7 @@ figures: $(STAMP)
 	$(PY) -m eval.plot $(ARGS)
 
 # Every chapter's preset in turn, then the comparison table and the figures.
-EXPERIMENTS := exp-shre exp-vision-kd exp-ssa exp-itc
+EXPERIMENTS := exp-shre exp-vision-kd exp-ssa exp-itc exp-teachers
 exp-all: $(STAMP)
 	for target in $(EXPERIMENTS); do $(MAKE) --no-print-directory $$target || exit 1; done
 	$(MAKE) --no-print-directory compare

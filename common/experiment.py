@@ -10,17 +10,18 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from common.config import DataConfig, EvalConfig
-from common.data.datasets import ImageLabelSet, RetrievalSet
+from common.data.datasets import (ImageLabelSet, ImageTextPairs, RetrievalSet, TrainStream,
+                                  collate_image_text)
 from common.data.sources import dataset_name, open_source, prompt_templates
 from common.data.tokenizer import Tokenizer, build_tokenizer
-from common.data.transforms import eval_transform
+from common.data.transforms import eval_transform, train_transform
 from common.evaluation import (ImageTextModel, embed_images, embed_texts, retrieval_metrics,
                                zero_shot_metrics)
 from common.models.multimodal import LEVELS, MultimodalEncoder, MultimodalOutput, teacher_width
@@ -32,6 +33,8 @@ from common.retrieval import mean_recall, pair_cosines, retrieval_recall
 log = logging.getLogger(__name__)
 
 RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+NO_TEACHER = "none"  # teacher.name of a run without distillation
+LossFn = Callable[[nn.Module, Dict[str, Tensor]], Dict[str, Tensor]]
 
 
 def run_folder(cfg: Any, name: Optional[str] = None) -> Path:
@@ -129,9 +132,10 @@ class EvalSets:
         return rows
 
 
-def prepare_distillation(cfg: Any) -> Tuple[EvalSets, Tokenizer, nn.Module]:
+def prepare_distillation(cfg: Any) -> Tuple[EvalSets, Tokenizer, Optional[nn.Module]]:
     """Evaluation sets (opened first: a missing dataset stops before any training), tokenizer
-    and frozen teacher of a :class:`~common.models.multimodal.MultimodalEncoder` run.
+    and frozen teacher of a :class:`~common.models.multimodal.MultimodalEncoder` run
+    (``None`` for ``teacher.name=none``: a run without distillation).
 
     Fills ``cfg.text.vocab_size`` (tokenizer) and ``cfg.head.target_dim`` (teacher width)
     before the run folder is written, so its ``config.yaml`` rebuilds the same model.
@@ -139,16 +143,50 @@ def prepare_distillation(cfg: Any) -> Tuple[EvalSets, Tokenizer, nn.Module]:
     evals = EvalSets(cfg.data, cfg.eval)
     tokenizer = build_tokenizer(cfg.data)
     cfg.text.vocab_size = tokenizer.vocab_size
+    if cfg.teacher.name == NO_TEACHER:
+        cfg.head.target_dim = 0
+        return evals, tokenizer, None
     teacher = build_teacher(cfg.teacher, cfg.data)
     cfg.head.target_dim = teacher_width(teacher, cfg.data.image_size)
     return evals, tokenizer, teacher
 
 
+def train_multimodal(cfg: Any, model: MultimodalEncoder, losses: LossFn, teacher: Optional[nn.Module],
+                     evals: EvalSets, tokenizer: Tokenizer, *, model_name: str,
+                     results_file: str) -> List[Dict[str, Any]]:
+    """Train a :class:`~common.models.multimodal.MultimodalEncoder` on the image-text pairs
+    of ``cfg.data`` with ``losses`` (``fit``'s loss function), then evaluate it
+    (:meth:`EvalSets.alignment_rows`, plus a zero-shot row when ``cfg.eval.zero_shot`` is set)
+    and append the rows to ``results/<chapter>/<results_file>.csv`` at once, so a later
+    failure keeps them. One seed of one variant: ``runs/<chapter>/<run>-seed<k>/``."""
+    from common.train import fit  # the loop pulls in accelerate/deepspeed: only where it trains
+
+    out_dir = run_folder(cfg, f"{cfg.run}-seed{cfg.train.seed}")
+    pairs = ImageTextPairs(open_source(cfg.data, "train"),
+                           train_transform(cfg.data.image_size, cfg.data.crop_scale, cfg.data.hflip))
+    result = fit(model, losses, TrainStream(pairs, seed=cfg.train.seed), cfg.train, out_dir,
+                 collate_fn=collate_image_text(tokenizer, cfg.data.max_text_len),
+                 num_workers=cfg.data.num_workers, frozen=[teacher] if teacher is not None else [])
+    model.eval()
+    meta = run_meta(cfg, model, model_name=model_name, teacher=cfg.teacher.name,
+                    steps=result.step, train_minutes=result.train_minutes)
+    rows = evals.alignment_rows(model, tokenizer, meta)
+    if evals.zero_shot is not None:
+        zs = evals.zero_shot_metrics(model, tokenizer)
+        rows.append({**meta, "dataset": dataset_name(cfg.data, cfg.eval.zero_shot), **zs})
+    write_rows(cfg.chapter, results_file, rows)
+    return rows
+
+
 def run_meta(cfg: Any, model: nn.Module, *, model_name: str, teacher: str, steps: int,
              train_minutes: float) -> Dict[str, Any]:
-    """The identifying columns of a run's result rows."""
+    """The identifying columns of a run's result rows. ``params_m`` counts the model that is
+    evaluated, not a training-only momentum copy (:attr:`MultimodalEncoder.momentum`)."""
+    momentum = getattr(model, "momentum", None)
+    params = sum(p.numel() for p in model.parameters())
+    params -= sum(p.numel() for p in momentum.parameters()) if momentum is not None else 0
     return {"chapter": cfg.chapter, "run": cfg.run, "model": model_name, "teacher": teacher,
-            "preset": cfg.preset, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "preset": cfg.preset, "params_m": round(params / 1e6, 2),
             "train_minutes": round(train_minutes, 2), "steps": steps, "seed": cfg.train.seed}
 
 

@@ -81,21 +81,30 @@ def gather_features(x: Tensor, with_grad: bool = True) -> Tensor:
 
 def contrastive_logits(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, float],
                        image_bank: Optional[Tensor] = None, text_bank: Optional[Tensor] = None,
-                       gather: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+                       gather: bool = True, image_keys: Optional[Tensor] = None,
+                       text_keys: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Logits and labels of the image->text and text->image classification problems.
 
     Rows are the local batch (``B``); columns are the batch of all ranks (``world * B``,
     gathered with gradients when ``gather`` and torch.distributed runs more than one process)
     followed by the detached memory-bank entries of the other modality (``K``). The label of
     local row i is its partner's column, ``rank * B + i`` (open_clip's ``local_loss``).
-    Returns ``(logits_per_image [B, world*B + K_text], logits_per_text [B, world*B + K_image],
-    labels [B])``.
+    With ``image_keys`` / ``text_keys`` (``[B, D]``, a momentum encoder's embeddings of the
+    same batch, MoCo / ALBEF) the batch columns are those keys instead, gathered without
+    gradient: only the rows (queries) are trained. Returns ``(logits_per_image
+    [B, world*B + K_text], logits_per_text [B, world*B + K_image], labels [B])``.
     """
     image = F.normalize(image_emb, dim=-1)  # B x D
     text = F.normalize(text_emb, dim=-1)  # B x D
     rank = _rank_and_world()[0] if gather else 0
-    all_image = gather_features(image) if gather else image  # N x D, N = world * B
-    all_text = gather_features(text) if gather else text  # N x D
+
+    def columns(queries: Tensor, keys: Optional[Tensor]) -> Tensor:  # N x D, N = world * B
+        if keys is not None:
+            keys = F.normalize(keys.detach().to(queries.dtype), dim=-1)
+            return gather_features(keys, with_grad=False) if gather else keys
+        return gather_features(queries) if gather else queries
+
+    all_image, all_text = columns(image, image_keys), columns(text, text_keys)
     if text_bank is not None:  # bank rows are negatives only: no gradient flows into them
         all_text = torch.cat([all_text, F.normalize(text_bank.detach().to(text.dtype), dim=-1)])
     if image_bank is not None:
@@ -108,7 +117,8 @@ def contrastive_logits(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[T
 
 def itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, float],
              image_bank: Optional[Tensor] = None, text_bank: Optional[Tensor] = None,
-             gather: bool = True) -> Tensor:
+             gather: bool = True, image_keys: Optional[Tensor] = None,
+             text_keys: Optional[Tensor] = None) -> Tensor:
     """Image-text contrastive loss: CLIP's symmetric cross-entropy over cosine similarities.
 
     Radford et al., "Learning transferable visual models from natural language supervision"
@@ -118,10 +128,11 @@ def itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, flo
     learnable in log space, clamped at ln 100). With memory banks (chapter 4, Wu et al.
     2018 / MoCo's queue) each image is also contrasted with every ``text_bank`` row and each
     text with every ``image_bank`` row; bank rows are extra negatives and get no gradient.
-    Across processes the columns span the global batch (see :func:`contrastive_logits`).
+    Across processes the columns span the global batch; with momentum ``*_keys`` the batch
+    columns are those keys (see :func:`contrastive_logits`).
     """
     logits_per_image, logits_per_text, labels = contrastive_logits(
-        image_emb, text_emb, logit_scale, image_bank, text_bank, gather)
+        image_emb, text_emb, logit_scale, image_bank, text_bank, gather, image_keys, text_keys)
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 

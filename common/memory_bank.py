@@ -73,18 +73,27 @@ class MemoryBank(nn.Module):
 
 
 def banked_itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, float],
-                    image_bank: Optional[MemoryBank], text_bank: Optional[MemoryBank]) -> Tensor:
+                    image_bank: Optional[MemoryBank], text_bank: Optional[MemoryBank],
+                    image_keys: Optional[Tensor] = None, text_keys: Optional[Tensor] = None) -> Tensor:
     """:func:`~common.losses.itc_loss` over the (gathered) batch plus the banks' rows, then
     enqueue this batch: contrast first, add afterwards (thesis draft 001), so a pair is never
     its own bank negative. Each image also meets every text of ``text_bank`` and each text
     every image of ``image_bank``; the bank rows carry no gradient. Rows are stored
     L2-normalised and gathered from all processes (MoCo's ``concat_all_gather``), so every
     rank holds the same banks. A bank of ``None`` (or an empty one) adds no columns.
+
+    With momentum keys (``image_keys`` / ``text_keys``: a slowly updated copy's embeddings
+    of the same batch, :meth:`common.models.multimodal.MultimodalEncoder.momentum_keys`) the
+    batch columns *and* what is enqueued are the keys, as in MoCo and ALBEF: every column
+    then comes from nearly the same encoder, so the student cannot lower the loss by moving
+    all its embeddings away from stale bank rows (which is what it does without them).
     """
     loss = itc_loss(image_emb, text_emb, logit_scale,
                     image_bank.get() if image_bank is not None else None,
-                    text_bank.get() if text_bank is not None else None)
-    for bank, emb in ((image_bank, image_emb), (text_bank, text_emb)):
+                    text_bank.get() if text_bank is not None else None,
+                    image_keys=image_keys, text_keys=text_keys)
+    for bank, emb in ((image_bank, image_emb if image_keys is None else image_keys),
+                      (text_bank, text_emb if text_keys is None else text_keys)):
         if bank is not None:
             bank.add(gather_features(F.normalize(emb.detach().float(), dim=-1), with_grad=False))
     return loss

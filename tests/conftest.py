@@ -1,5 +1,4 @@
 """Test isolation: caches, runs and results go to temp dirs; torch is seeded and single-threaded."""
-import os
 
 import pytest
 import torch

@@ -13,6 +13,7 @@ import torch
 from common.config import (ConfigError, EncoderConfig, ImageEncoderConfig, TextEncoderConfig,
                            parse_cli)
 from common.losses import contrastive_logits
+from common.alignment import alignment_losses
 from common.memory_bank import MemoryBank, banked_itc_loss
 from common.models.encoder import EncoderOutput
 from common.models.multimodal import HeadConfig, build_multimodal
@@ -79,6 +80,59 @@ def test_bank_rows_change_the_loss_but_receive_no_gradient():
     assert bank_rows.grad is None and bank.rows.grad is None
 
 
+def test_momentum_keys_are_the_batch_columns_and_what_is_enqueued_by_hand():
+    image = torch.tensor([[2.0, 0.0], [0.0, 1.0]], requires_grad=True)  # queries: the student
+    text = torch.tensor([[1.0, 0.0], [0.0, 3.0]], requires_grad=True)
+    image_keys = torch.tensor([[0.0, 1.0], [3.0, 4.0]])  # keys: a momentum copy, unit (0,1), (.6,.8)
+    text_keys = torch.tensor([[1.0, 1.0], [-2.0, 0.0]])  # unit (r, r), (-1, 0)
+    text_bank, image_bank = MemoryBank(4, 2), MemoryBank(4, 2)
+    text_bank.add(torch.tensor([[0.0, -1.0]]))
+    r = 1 / math.sqrt(2)
+
+    logits_i, logits_t, labels = contrastive_logits(image, text, 1.0, image_bank.get(), text_bank.get(),
+                                                    image_keys=image_keys, text_keys=text_keys)
+    # image rows against the text *keys* of the batch, then the text bank
+    torch.testing.assert_close(logits_i, torch.tensor([[r, -1.0, 0.0], [r, 0.0, -1.0]]))
+    torch.testing.assert_close(logits_t, torch.tensor([[0.0, 0.6], [1.0, 0.8]]))  # image bank empty
+
+    loss = banked_itc_loss(image, text, 1.0, image_bank, text_bank, image_keys, text_keys)
+    expected = (_ce([r, -1, 0], 0) + _ce([r, 0, -1], 1)) / 4 + (_ce([0, 0.6], 0) + _ce([1, 0.8], 1)) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # what is enqueued are the keys, normalised, not the student's embeddings
+    torch.testing.assert_close(image_bank.get(), torch.tensor([[0.0, 1.0], [0.6, 0.8]]))
+    torch.testing.assert_close(text_bank.get()[1:], torch.tensor([[r, r], [-1.0, 0.0]]))
+    loss.backward()
+    assert image.grad is not None and text.grad is not None  # the queries train; keys are constants
+
+
+def test_momentum_copy_starts_equal_follows_by_ema_and_is_not_trained():
+    torch.manual_seed(0)
+    model = build_multimodal(ImageEncoderConfig(dim=8, depth=1, heads=2, image_size=8, patch_size=4),
+                             TextEncoderConfig(dim=8, depth=1, heads=2, vocab_size=20, max_len=8),
+                             EncoderConfig(dim=8, depth=1, heads=2),
+                             HeadConfig(target_dim=4, proj="encoder", bank_size=16, bank_momentum=0.9),
+                             1, contrastive=True).eval()
+    ids = torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]])
+    images, pad = torch.randn(2, 3, 8, 8), ids.eq(1)
+    keys_image, keys_text = model.momentum_keys(images, ids, pad)  # an exact copy at the start
+    torch.testing.assert_close(keys_image, model.encode_image(images))
+    torch.testing.assert_close(keys_text, model.encode_text(ids, pad))
+    assert not any(p.requires_grad for p in model.momentum.parameters())
+    assert "momentum.image_proj.weight" in model.state_dict()  # saved in every checkpoint
+
+    weight = model.image_proj.weight
+    before = model.momentum.image_proj.weight.clone()
+    with torch.no_grad():
+        weight.add_(1.0)  # as if an optimizer step had moved the student
+    model.momentum_keys(images, ids, pad)
+    torch.testing.assert_close(model.momentum.image_proj.weight, 0.9 * before + 0.1 * weight)
+    with pytest.raises(ValueError, match="bank_momentum"):
+        build_multimodal(ImageEncoderConfig(dim=8, depth=1, heads=2, image_size=8, patch_size=4),
+                         TextEncoderConfig(dim=8, depth=1, heads=2, vocab_size=20, max_len=8),
+                         EncoderConfig(dim=8, depth=1, heads=2),
+                         HeadConfig(proj="encoder", bank_size=16, bank_momentum=1.0), 1, contrastive=True)
+
+
 def test_empty_bank_adds_no_columns():
     image, text = torch.randn(3, 4), torch.randn(3, 4)
     empty_i, empty_t = MemoryBank(8, 4), MemoryBank(8, 4)
@@ -112,7 +166,7 @@ class MeanTeacher(torch.nn.Module):
                                              ("none", "none", None), ("cos", "none", "cos")])
 def test_ablation_losses_add_one_alignment_term(align, proj, term):
     model, batch = _model_and_batch(align, proj)
-    out = itc.ablation_losses(model, MeanTeacher(), batch, align)
+    out = alignment_losses(model, MeanTeacher(), batch, align)
     kd = out["kd_image"] + out["kd_text"]
     extra = out[term] if term else 0.0
     torch.testing.assert_close(out["loss"], kd + extra)
@@ -147,3 +201,15 @@ def test_untrained_projection_is_refused_before_training():
     with pytest.raises(ConfigError, match="head.proj=shared"):
         itc.run(cfg)  # the ITC variant inherits align=none: refused before anything trains
     assert not (Path(os.environ["MMKD_RUNS"]) / "itc_ablation").exists()
+
+
+def test_full_model_benches_at_a_tiny_shape():
+    from common import bench
+
+    tiny = ["image.dim=32", "image.heads=2", "image.depth=1", "image.image_size=32", "text.dim=32",
+            "text.heads=2", "text.depth=1", "text.max_len=8", "text.vocab_size=64", "shared.dim=32",
+            "shared.heads=2", "head.proj_dim=16", "teacher.encoder.dim=48", "teacher.encoder.heads=2",
+            "teacher.encoder.depth=1", "teacher.encoder.image_size=32", "data.image_size=32",
+            "data.max_text_len=8", "train.batch_size=2", "train.precision='no'"]
+    out = bench.bench_chapter("itc_ablation", steps=1, overrides=tiny, device="cpu")
+    assert out["batch"] == 2 and out["steps_per_s"] > 0 and out["flops_per_step"] > 0

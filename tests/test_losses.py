@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 from common.losses import (contrastive_logits, cosine_alignment_loss, gather_features, itc_loss,
                            kd_kl_loss, kd_mse_loss, random_negatives)
@@ -113,6 +112,9 @@ def _itc_worker(rank, world, init_file, image, text, out_dir):
     torch.save({"loss": loss.detach(), "image_grad": local_image.grad, "text_grad": local_text.grad,
                 "local_only": local_only.detach(), "no_grad_gather": no_grad_gather.detach(),
                 "no_grad_gather_grad": leaf.grad}, f"{out_dir}/rank{rank}.pt")
+    # both ranks must be done with every collective before either tears gloo down: a rank that
+    # exits while its peer still holds the connection aborts in gloo's destructor (SIGABRT)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -1,4 +1,4 @@
-"""common.models.multimodal (MM-D2V2), its evaluation levels, pair cosines and variant sweeps."""
+"""common.models.multimodal (MM-D2V2), pair cosines, mean recall and variant sweeps."""
 import math
 
 import pytest
@@ -9,7 +9,7 @@ from common.config import (ConfigError, EncoderConfig, ImageEncoderConfig, TextE
                            TrainConfig, load_config)
 from common.models.attention import grid_distances, line_distances, pad_distances
 from common.models.encoder import EncoderOutput
-from common.models.multimodal import (HeadConfig, ModelView, MultimodalEncoder, build_multimodal,
+from common.models.multimodal import (HeadConfig, MultimodalEncoder, build_multimodal,
                                       cls_distillation, teacher_width)
 from common.optim import param_groups
 from common.retrieval import mean_recall, pair_cosines
@@ -137,18 +137,6 @@ def test_only_a_contrastive_model_has_temperature_and_banks():
     assert math.isclose(model(images, ids, pad)[2].item(), 1 / 0.07, rel_tol=1e-5)
     plain = build(bank_size=5)  # distillation only: no parameter without a gradient (DDP)
     assert plain.image_bank is None and plain.logit_scale is None and plain(images, ids, pad)[2] is None
-
-
-def test_model_view_levels():
-    model = build(proj="encoder", proj_dim=8).eval()
-    images, ids, pad = inputs()
-    out = model.forward_image(images)
-    torch.testing.assert_close(ModelView(model, "encoder").encode_image(images), out.encoder_cls)
-    torch.testing.assert_close(ModelView(model, "shared").encode_image(images), out.cls)
-    torch.testing.assert_close(ModelView(model, "embedding").encode_text(ids, pad),
-                               model.encode_text(ids, pad))
-    with pytest.raises(ValueError, match="level"):
-        ModelView(model, "kd")
 
 
 # ------------------------------------------------------------------------- distillation

@@ -90,3 +90,18 @@ def test_unknown_config_key_is_one_line_before_training():
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "dpeth" in errors[0]
     assert not (Path(os.environ["MMKD_RUNS"]) / "separate_self_attention").exists()
+
+
+TINY_FULL = ["image.dim=32", "image.heads=2", "image.depth=1", "image.image_size=32", "text.dim=32",
+             "text.heads=2", "text.depth=1", "text.max_len=8", "text.vocab_size=64", "shared.dim=32",
+             "shared.heads=2", "teacher.encoder.dim=48", "teacher.encoder.heads=2",
+             "teacher.encoder.depth=1", "teacher.encoder.image_size=32", "data.image_size=32",
+             "data.max_text_len=8", "train.batch_size=2", "train.precision='no'"]
+
+
+def test_full_model_benches_at_a_tiny_shape():
+    from common import bench
+
+    assert "separate_self_attention" in bench.benchable_chapters()
+    out = bench.bench_chapter("separate_self_attention", steps=1, overrides=TINY_FULL, device="cpu")
+    assert out["batch"] == 2 and out["steps_per_s"] > 0 and out["flops_per_step"] > 0

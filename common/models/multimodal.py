@@ -18,13 +18,14 @@ linear map into the teacher's width when it differs from the student's (tiny CNN
 Chapter 4 adds image-text contrast on projected CLS vectors; where the projection sits is
 ``HeadConfig.proj``: ``encoder`` (one projection per modality on the encoder CLS, as
 CLIP/FLAVA), ``shared`` (one projection on the shared CLS) or ``none`` (retrieval on the
-shared CLS itself). :class:`ModelView` exposes any of these levels through the
-``encode_image``/``encode_text`` protocol of :mod:`common.evaluation`, which is how the
-chapters measure alignment after the encoders, after the shared blocks and after the
-projections, and how the unimodal-pair baseline (encoders only) is evaluated.
+shared CLS itself). Every forward pass returns all :data:`LEVELS` (:class:`MultimodalOutput`),
+so evaluation can measure alignment after the encoders, after the shared blocks and after
+the projections in one pass (:meth:`common.experiment.EvalSets.alignment_rows`), and the
+unimodal-pair baseline is the encoder level of an untrained model.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from common.config import EncoderConfig, ImageEncoderConfig, TextEncoderConfig
 from common.losses import kd_mse_loss
 from common.memory_bank import MemoryBank
+from common.models.ema import ema_update
 from common.models.encoder import Encoder, build_image_encoder, build_text_encoder
 from common.models.heads import LogitScale, Projection
 from common.models.registry import init_encoder
@@ -59,6 +61,9 @@ class HeadConfig:
     logit_scale_init: float = 1 / 0.07  # CLIP's initial temperature 0.07
     logit_scale_max: float = 100.0  # clamp at ln 100, as CLIP and the thesis
     bank_size: int = 0  # > 0: a FIFO memory bank of past embeddings per modality (chapter 4)
+    # > 0 (with a bank): batch columns and bank rows come from an EMA copy of the student with
+    # this decay (MoCo / ALBEF momentum keys); 0: the student's own embeddings (the thesis's plan)
+    bank_momentum: float = 0.0
 
 
 @dataclass
@@ -111,6 +116,18 @@ class MultimodalEncoder(nn.Module):
         banked = contrastive and head.bank_size > 0
         self.image_bank = MemoryBank(head.bank_size, proj_dim) if banked else None
         self.text_bank = MemoryBank(head.bank_size, proj_dim) if banked else None
+        if not 0.0 <= head.bank_momentum < 1.0:
+            raise ValueError(f"head.bank_momentum must be in [0, 1), got {head.bank_momentum}")
+        self.bank_momentum = head.bank_momentum if banked else 0.0
+        # the momentum key encoder: a frozen copy of the embedding path, moved towards the
+        # student before every key computation; a submodule, so checkpoints hold it
+        self.momentum: Optional[MultimodalEncoder] = None
+        if self.bank_momentum > 0:
+            with torch.random.fork_rng(devices=[]):  # its fresh layers are overwritten below
+                keys = MultimodalEncoder(copy.deepcopy(image), copy.deepcopy(text), copy.deepcopy(shared),
+                                         HeadConfig(proj=head.proj, proj_dim=head.proj_dim))
+            ema_update(keys, self, 0.0)  # start as an exact copy
+            self.momentum = keys.requires_grad_(False)
 
     def _shared(self, encoder: Encoder, out_x: Tensor, padding_mask: Optional[Tensor],
                 project: Optional[nn.Module]) -> MultimodalOutput:
@@ -141,6 +158,18 @@ class MultimodalEncoder(nn.Module):
         """The retrieval embedding of captions, ``[B, E]``."""
         return self.forward_text(text_ids, padding_mask).embedding
 
+    @torch.no_grad()
+    def momentum_keys(self, images: Tensor, text_ids: Tensor, padding_mask: Optional[Tensor] = None
+                      ) -> Tuple[Tensor, Tensor]:
+        """Move the momentum copy towards the student (``m * copy + (1 - m) * student``, m =
+        ``head.bank_momentum``), then return its (image, text) embeddings of the batch,
+        ``[B, E]`` each: the keys of :func:`common.memory_bank.banked_itc_loss`."""
+        if self.momentum is None:
+            raise RuntimeError("momentum_keys needs head.bank_size > 0 and head.bank_momentum > 0")
+        ema_update(self.momentum, self, self.bank_momentum)
+        self.momentum.eval()  # keys without dropout / drop path
+        return self.momentum.encode_image(images), self.momentum.encode_text(text_ids, padding_mask)
+
     def forward(self, images: Tensor, text_ids: Tensor, padding_mask: Optional[Tensor] = None
                 ) -> Tuple[MultimodalOutput, MultimodalOutput, Optional[Tensor]]:
         """(image levels, text levels, ITC logit scale or None); the scale is returned rather
@@ -167,33 +196,8 @@ def teacher_width(teacher: nn.Module, image_size: int) -> int:
     return teacher_embedding(teacher, torch.zeros(1, 3, image_size, image_size, device=device)).shape[-1]
 
 
-class ModelView(nn.Module):
-    """``encode_image``/``encode_text`` of one level of a :class:`MultimodalEncoder`:
-    ``encoder`` (modality-specific CLS: the unimodal pair when the model is untrained),
-    ``shared`` (shared CLS) or ``embedding`` (what the model retrieves with)."""
-
-    def __init__(self, model: MultimodalEncoder, level: str):
-        super().__init__()
-        if level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got '{level}'")
-        self.model, self.level = model, level
-
-    def _pick(self, out: MultimodalOutput) -> Tensor:
-        return {"encoder": out.encoder_cls, "shared": out.cls, "embedding": out.embedding}[self.level]
-
-    def encode_image(self, images: Tensor) -> Tensor:
-        if self.level == "encoder":  # skip the shared blocks
-            return self.model.image(images).cls
-        return self._pick(self.model.forward_image(images))
-
-    def encode_text(self, text_ids: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-        if self.level == "encoder":
-            return self.model.text(text_ids, padding_mask).cls
-        return self._pick(self.model.forward_text(text_ids, padding_mask))
-
-
 def cls_distillation(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor]
-                     ) -> Tuple[MultimodalOutput, MultimodalOutput, Tensor, Dict[str, Tensor]]:
+                     ) -> Tuple[MultimodalOutput, MultimodalOutput, Optional[Tensor], Dict[str, Tensor]]:
     """Label-free feature KD: image CLS and text CLS both regress the teacher's vector of the
     paired image (:func:`common.models.teachers.teacher_embedding`, MSE).
 

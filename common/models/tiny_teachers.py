@@ -58,6 +58,7 @@ from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.synthetic import CLASSNAMES, COARSE_CLASSNAMES, SyntheticWorld
 from common.data.transforms import eval_transform, train_transform
 from common.losses import kd_mse_loss
+from common.models.ema import ema_update
 from common.models.encoder import Encoder, build_image_encoder
 from common.retrieval import knn_topk_accuracies
 from common.targets import layer_averaged_targets
@@ -114,20 +115,6 @@ def block_mask(batch: int, grid: Tuple[int, int], ratio: float, block: int = 1,
 
 
 # ---------------------------------------------------------------------------- EMA teacher
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """``teacher <- decay * teacher + (1 - decay) * student`` for every parameter; buffers copied.
-
-    The two modules must have the same architecture (parameter names and shapes).
-    """
-    student_params = dict(student.named_parameters())
-    for name, param in teacher.named_parameters():
-        param.lerp_(student_params[name].detach().to(param.dtype), 1.0 - decay)
-    student_buffers = dict(student.named_buffers())
-    for name, buf in teacher.named_buffers():
-        buf.copy_(student_buffers[name])
-
-
 def ema_decay(step: int, total_steps: int, start: float, end: float, ramp: float) -> float:
     """Linear ramp from ``start`` to ``end`` over the first ``ramp * total_steps`` steps
     (data2vec's ``ema_anneal_end_step``), then ``end``."""

@@ -31,28 +31,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import torch
-from torch import Tensor, nn
 
+from common.alignment import alignment_bench_case, alignment_losses, check_alignment
+from common.bench import BenchCase
 from common.cli import main
-from common.config import (ConfigError, DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig,
+from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig,
                            TeacherConfig, TextEncoderConfig, TrainConfig, parse_cli)
-from common.data.datasets import ImageTextPairs, TrainStream, collate_image_text
-from common.data.sources import open_source
-from common.data.transforms import train_transform
-from common.experiment import (markdown_table, prepare_distillation, run_folder, run_meta,
-                               write_rows)
-from common.losses import cosine_alignment_loss
-from common.memory_bank import banked_itc_loss
-from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal, cls_distillation
+from common.experiment import markdown_table, prepare_distillation, train_multimodal
+from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal
 from common.sweep import Variant, expand, seed_count
-from common.train import fit
 
 log = logging.getLogger("itc")
 HERE = Path(__file__).resolve().parent
-ALIGNMENTS = ("itc", "none", "cos")
 TABLE = ["run", "model", "dataset", "seed", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
          "t2i_r10", "i2t_mean_recall", "t2i_mean_recall", "params_m", "train_minutes"]
 
@@ -84,63 +77,29 @@ def build_model(cfg: ItcConfig, pad_id: int) -> MultimodalEncoder:
                             contrastive=cfg.align == "itc")
 
 
-def ablation_losses(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor], align: str,
-                    align_weight: float = 1.0, cos_margin: float = 0.0) -> Dict[str, Tensor]:
-    """Distillation of both modalities plus the ``align`` term on the retrieval embeddings."""
-    image, text, scale, terms = cls_distillation(model, teacher, batch)
-    loss = terms["kd_image"] + terms["kd_text"]
-    if align == "itc":
-        core = getattr(model, "module", model)  # the banks live on the unwrapped model (DDP/DeepSpeed)
-        terms["itc"] = banked_itc_loss(image.embedding.float(), text.embedding.float(), scale,
-                                       core.image_bank, core.text_bank)
-        terms["logit_scale"] = scale.detach()
-        loss = loss + align_weight * terms["itc"]
-    elif align == "cos":
-        terms["cos"] = cosine_alignment_loss(image.embedding.float(), text.embedding.float(), cos_margin)
-        loss = loss + align_weight * terms["cos"]
-    return {"loss": loss, **terms}
-
-
-def check(variant: Variant, cfg: ItcConfig) -> None:
-    """Settings that would train nothing useful, refused before any variant trains."""
-    if cfg.align not in ALIGNMENTS:
-        raise ConfigError(f"config error: align={cfg.align} (variant '{variant.name}') is not one "
-                          f"of {ALIGNMENTS}")
-    if cfg.align == "none" and cfg.head.proj != "none":
-        raise ConfigError(f"config error: variant '{variant.name}' has align=none but "
-                          f"head.proj={cfg.head.proj}: no loss would train the projection that "
-                          f"retrieval uses; set head.proj=none")
-
-
 def run_variant(variant: Variant, cfg: ItcConfig, results_file: str) -> List[dict]:
     """Train and evaluate one variant; its rows are written as soon as it is done."""
     torch.manual_seed(cfg.train.seed)
     evals, tokenizer, teacher = prepare_distillation(cfg)  # fills vocab size and teacher width
     model = build_model(cfg, tokenizer.pad_id)
-    out_dir = run_folder(cfg, f"{cfg.run}-seed{cfg.train.seed}")
-    pairs = ImageTextPairs(open_source(cfg.data, "train"),
-                           train_transform(cfg.data.image_size, cfg.data.crop_scale, cfg.data.hflip))
-    result = fit(model,
-                 lambda m, batch: ablation_losses(m, teacher, batch, cfg.align, cfg.align_weight,
-                                                  cfg.cos_margin),
-                 TrainStream(pairs, seed=cfg.train.seed), cfg.train, out_dir,
-                 collate_fn=collate_image_text(tokenizer, cfg.data.max_text_len),
-                 num_workers=cfg.data.num_workers, frozen=[teacher])
-    model.eval()
-    meta = run_meta(cfg, model, model_name=variant.model, teacher=cfg.teacher.name,
-                    steps=result.step, train_minutes=result.train_minutes)
-    rows = evals.alignment_rows(model, tokenizer, meta)
-    write_rows(cfg.chapter, results_file, rows)
-    return rows
+    return train_multimodal(
+        cfg, model, lambda m, batch: alignment_losses(m, teacher, batch, cfg.align, cfg.align_weight,
+                                                      cfg.cos_margin),
+        teacher, evals, tokenizer, model_name=variant.model, results_file=results_file)
 
 
 def run(cfg: ItcConfig) -> List[dict]:
     runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds))  # bad overrides fail here
     for variant, vcfg in runs:
-        check(variant, vcfg)
+        check_alignment(variant.name, vcfg.align, vcfg.head.proj)
     rows = [row for variant, vcfg in runs for row in run_variant(variant, vcfg, cfg.run)]
     log.info("results:\n%s", markdown_table(rows, TABLE))
     return rows
+
+
+def bench_case(cfg: ItcConfig) -> BenchCase:
+    """``make bench PRESET=full``: this chapter's training step at the preset's size."""
+    return alignment_bench_case(cfg, build_model, cfg.align, cfg.align_weight, cfg.cos_margin)
 
 
 if __name__ == "__main__":

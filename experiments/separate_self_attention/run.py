@@ -31,17 +31,15 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
+from common.alignment import alignment_bench_case, alignment_losses, check_alignment
+from common.bench import BenchCase
 from common.cli import main
 from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig,
                            TeacherConfig, TextEncoderConfig, TrainConfig, parse_cli)
-from common.data.datasets import ImageTextPairs, TrainStream, collate_image_text
-from common.data.sources import open_source
-from common.data.transforms import train_transform
-from common.experiment import (markdown_table, prepare_distillation, run_folder, run_meta,
+from common.experiment import (markdown_table, prepare_distillation, run_meta, train_multimodal,
                                write_rows)
-from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal, cls_distillation
+from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal
 from common.sweep import Variant, expand, seed_count
-from common.train import fit
 
 log = logging.getLogger("ssa")
 HERE = Path(__file__).resolve().parent
@@ -75,8 +73,7 @@ def build_model(cfg: SsaConfig, pad_id: int) -> MultimodalEncoder:
 
 def ssa_losses(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """The chapter's objective: CLS regression of the teacher for both modalities, nothing else."""
-    _, _, _, terms = cls_distillation(model, teacher, batch)
-    return {"loss": terms["kd_image"] + terms["kd_text"], **terms}
+    return alignment_losses(model, teacher, batch, align="none")
 
 
 def run_variant(variant: Variant, cfg: SsaConfig, results_file: str) -> List[dict]:
@@ -85,25 +82,14 @@ def run_variant(variant: Variant, cfg: SsaConfig, results_file: str) -> List[dic
     torch.manual_seed(cfg.train.seed)
     evals, tokenizer, teacher = prepare_distillation(cfg)  # fills vocab size and teacher width
     model = build_model(cfg, tokenizer.pad_id)
-
-    if variant.kind == "unimodal_pair":  # evaluated as built: no alignment training at all
-        model.eval()
-        encoders = nn.ModuleList([model.image, model.text])
-        meta = run_meta(cfg, encoders, model_name=variant.model, teacher="none", steps=0,
-                        train_minutes=0.0)
-        rows = evals.alignment_rows(model, tokenizer, meta, retrieve="encoder")
-    else:
-        out_dir = run_folder(cfg, f"{cfg.run}-seed{cfg.train.seed}")
-        pairs = ImageTextPairs(open_source(cfg.data, "train"),
-                               train_transform(cfg.data.image_size, cfg.data.crop_scale, cfg.data.hflip))
-        result = fit(model, lambda m, batch: ssa_losses(m, teacher, batch),
-                     TrainStream(pairs, seed=cfg.train.seed), cfg.train, out_dir,
-                     collate_fn=collate_image_text(tokenizer, cfg.data.max_text_len),
-                     num_workers=cfg.data.num_workers, frozen=[teacher])
-        model.eval()
-        meta = run_meta(cfg, model, model_name=variant.model, teacher=cfg.teacher.name,
-                        steps=result.step, train_minutes=result.train_minutes)
-        rows = evals.alignment_rows(model, tokenizer, meta)
+    if variant.kind != "unimodal_pair":
+        check_alignment(variant.name, "none", cfg.head.proj, has_teacher=teacher is not None)
+        return train_multimodal(cfg, model, lambda m, batch: ssa_losses(m, teacher, batch), teacher,
+                                evals, tokenizer, model_name=variant.model, results_file=results_file)
+    model.eval()  # the unimodal pair is evaluated as built: no alignment training at all
+    encoders = nn.ModuleList([model.image, model.text])
+    meta = run_meta(cfg, encoders, model_name=variant.model, teacher="none", steps=0, train_minutes=0.0)
+    rows = evals.alignment_rows(model, tokenizer, meta, retrieve="encoder")
     write_rows(cfg.chapter, results_file, rows)
     return rows
 
@@ -113,6 +99,11 @@ def run(cfg: SsaConfig) -> List[dict]:
     rows = [row for variant, vcfg in runs for row in run_variant(variant, vcfg, cfg.run)]
     log.info("results:\n%s", markdown_table(rows, TABLE))
     return rows
+
+
+def bench_case(cfg: SsaConfig) -> BenchCase:
+    """``make bench PRESET=full``: this chapter's training step at the preset's size."""
+    return alignment_bench_case(cfg, build_model)
 
 
 if __name__ == "__main__":

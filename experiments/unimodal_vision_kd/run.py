@@ -32,12 +32,11 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
 
 from common.bench import BenchCase
 from common.cli import main
@@ -45,16 +44,15 @@ from common.config import (ConfigError, DataConfig, EvalConfig, ImageEncoderConf
                            TeacherConfig, TrainConfig, parse_cli)
 from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.sources import dataset_name, open_source
-from common.data.transforms import eval_transform, train_transform
-from common.evaluation import embed_images
+from common.data.transforms import train_transform
 from common.experiment import markdown_table, run_folder, run_meta, write_rows
 from common.finetune import FinetuneConfig, finetune_classifier
+from common.knn import KnnConfig, KnnSets
 from common.losses import kd_mse_loss
 from common.models.embed import ImageEmbed
 from common.models.encoder import Encoder, EncoderOutput, build_image_encoder
 from common.models.teachers import build_teacher, teacher_report
 from common.paths import runs_dir
-from common.retrieval import knn_topk_accuracies
 from common.targets import layer_averaged_targets
 from common.train import fit
 
@@ -86,16 +84,6 @@ class SharedEmbedConfig:
     norm: bool = True  # a LayerNorm after the patches (data2vec 2.0); BEiT v2: none
     norm_eps: float = 1e-6
     abs_pos: bool = True  # fixed sin-cos positions (data2vec 2.0); BEiT v2: none
-
-
-@dataclass
-class KnnConfig:
-    """kNN validation: ``knn_train`` is the bank, ``knn_test`` the queries (and the reverse)."""
-
-    labels: List[str] = field(default_factory=lambda: ["fine", "coarse"])  # CIFAR-100 / CIFAR-10
-    pool: str = "mean"  # the image embedding: mean of the patch tokens | cls
-    bank_size: int = 0  # first N bank images (0 = all); small values for quick checks
-    query_size: int = 0
 
 
 @dataclass
@@ -243,63 +231,6 @@ def kd_losses(model: nn.Module, teacher: Encoder, images: Tensor,
         cls = kd_mse_loss(y_hat[:, :n], y[:, :n])
         patches = kd_mse_loss(y_hat[:, n:], y[:, n:])
     return {"loss": loss, "kd_cls": cls, "kd_patches": patches}
-
-
-# ---------------------------------------------------------------------------- kNN validation
-def _first(dataset: Dataset, size: int) -> Dataset:
-    return Subset(dataset, range(size)) if 0 < size < len(dataset) else dataset
-
-
-class KnnSets:
-    """The chapter's kNN validation: images of ``knn_train`` (bank) and ``knn_test``
-    (queries) are embedded once per evaluation and scored against every label set of
-    ``knn.labels``, in both directions. Keys: ``knn<C>_top<k>`` and ``knn<C>_rev_top<k>``
-    (C = the number of classes: 100 / 10, as CIFAR-100 / CIFAR-10)."""
-
-    def __init__(self, data: DataConfig, knn: KnnConfig, batch_size: int):
-        if not knn.labels:
-            raise ConfigError("config error: knn.labels is empty; use [fine], [coarse] or both")
-        transform = eval_transform(data.image_size)
-        self.data, self.batch_size, self.num_workers = data, batch_size, data.num_workers
-        self.bank = _first(ImageLabelSet(open_source(data, "knn_train"), transform), knn.bank_size)
-        self.queries = _first(ImageLabelSet(open_source(data, "knn_test"), transform),
-                              knn.query_size)
-        self.labels: Dict[str, Tuple[Tensor, Tensor]] = {}  # "knn100" -> (bank, query labels)
-        self.names: Dict[str, str] = {}  # "knn100" -> dataset name in the result rows
-        for label in knn.labels:
-            bank = open_source(data, "knn_train", label)
-            queries = open_source(data, "knn_test", label)
-            key = f"knn{len(bank.classnames)}"
-            self.labels[key] = (torch.tensor([bank.label(i) for i in range(len(self.bank))]),
-                                torch.tensor([queries.label(i) for i in range(len(self.queries))]))
-            self.names[key] = f"{dataset_name(data, 'knn_test')}{len(bank.classnames)}"
-
-    @torch.no_grad()
-    def metrics(self, encode_image: Callable[[Tensor], Tensor],
-                device: torch.device) -> Dict[str, float]:
-        """kNN top-1/top-3 (percent) of ``encode_image`` for every label set and direction."""
-        bank, _ = embed_images(encode_image, self.bank, device, self.batch_size, self.num_workers)
-        queries, _ = embed_images(encode_image, self.queries, device, self.batch_size,
-                                  self.num_workers)
-        out = {}
-        for key, (bank_labels, query_labels) in self.labels.items():
-            for name, acc in knn_topk_accuracies(queries, query_labels, bank, bank_labels).items():
-                out[f"{key}_{name}"] = round(acc, 2)
-            for name, acc in knn_topk_accuracies(bank, bank_labels, queries, query_labels).items():
-                out[f"{key}_rev_{name}"] = round(acc, 2)
-        return out
-
-    def rows(self, metrics: Dict[str, float], meta: dict) -> List[dict]:
-        """Result rows: per label set, bank->queries and the reverse."""
-        rows = []
-        for key, name in self.names.items():
-            rows.append({**meta, "dataset": name, "knn_top1": metrics[f"{key}_top1"],
-                         "knn_top3": metrics[f"{key}_top3"]})
-            rows.append({**meta, "dataset": f"{name} (reverse)",
-                         "knn_top1": metrics[f"{key}_rev_top1"],
-                         "knn_top3": metrics[f"{key}_rev_top3"],
-                         "notes": "test split as bank, train split as queries"})
-        return rows
 
 
 # ---------------------------------------------------------------------------- fine-tuning

@@ -1,0 +1,89 @@
+"""kNN validation of image embeddings, as the thesis validates its students on CIFAR.
+
+The ``knn_train`` split is the bank and ``knn_test`` the queries, and the reverse (thesis
+draft 002, listing 1); top-1 and top-3 on every label set named in :class:`KnnConfig`
+(``fine``: CIFAR-100 / the synthetic world's 100 colour+shape classes, ``coarse``:
+CIFAR-10 / its 10 shapes). Used to judge a distilled student (chapter 1) and a teacher
+(chapter 5) by the same numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from common.config import ConfigError, DataConfig
+from common.data.datasets import ImageLabelSet
+from common.data.sources import dataset_name, open_source
+from common.data.transforms import eval_transform
+from common.evaluation import embed_images
+from common.retrieval import knn_topk_accuracies
+
+
+@dataclass
+class KnnConfig:
+    """kNN validation: ``knn_train`` is the bank, ``knn_test`` the queries (and the reverse)."""
+
+    labels: List[str] = field(default_factory=lambda: ["fine", "coarse"])  # CIFAR-100 / CIFAR-10
+    pool: str = "mean"  # the image embedding: mean of the patch tokens | cls
+    bank_size: int = 0  # first N bank images (0 = all); small values for quick checks
+    query_size: int = 0
+
+
+def _first(dataset: Dataset, size: int) -> Dataset:
+    return Subset(dataset, range(size)) if 0 < size < len(dataset) else dataset
+
+
+class KnnSets:
+    """The chapter's kNN validation: images of ``knn_train`` (bank) and ``knn_test``
+    (queries) are embedded once per evaluation and scored against every label set of
+    ``knn.labels``, in both directions. Keys: ``knn<C>_top<k>`` and ``knn<C>_rev_top<k>``
+    (C = the number of classes: 100 / 10, as CIFAR-100 / CIFAR-10)."""
+
+    def __init__(self, data: DataConfig, knn: KnnConfig, batch_size: int):
+        if not knn.labels:
+            raise ConfigError("config error: knn.labels is empty; use [fine], [coarse] or both")
+        transform = eval_transform(data.image_size)
+        self.data, self.batch_size, self.num_workers = data, batch_size, data.num_workers
+        self.bank = _first(ImageLabelSet(open_source(data, "knn_train"), transform), knn.bank_size)
+        self.queries = _first(ImageLabelSet(open_source(data, "knn_test"), transform),
+                              knn.query_size)
+        self.labels: Dict[str, Tuple[Tensor, Tensor]] = {}  # "knn100" -> (bank, query labels)
+        self.names: Dict[str, str] = {}  # "knn100" -> dataset name in the result rows
+        for label in knn.labels:
+            bank = open_source(data, "knn_train", label)
+            queries = open_source(data, "knn_test", label)
+            key = f"knn{len(bank.classnames)}"
+            self.labels[key] = (torch.tensor([bank.label(i) for i in range(len(self.bank))]),
+                                torch.tensor([queries.label(i) for i in range(len(self.queries))]))
+            self.names[key] = f"{dataset_name(data, 'knn_test')}{len(bank.classnames)}"
+
+    @torch.no_grad()
+    def metrics(self, encode_image: Callable[[Tensor], Tensor],
+                device: torch.device) -> Dict[str, float]:
+        """kNN top-1/top-3 (percent) of ``encode_image`` for every label set and direction."""
+        bank, _ = embed_images(encode_image, self.bank, device, self.batch_size, self.num_workers)
+        queries, _ = embed_images(encode_image, self.queries, device, self.batch_size,
+                                  self.num_workers)
+        out = {}
+        for key, (bank_labels, query_labels) in self.labels.items():
+            for name, acc in knn_topk_accuracies(queries, query_labels, bank, bank_labels).items():
+                out[f"{key}_{name}"] = round(acc, 2)
+            for name, acc in knn_topk_accuracies(bank, bank_labels, queries, query_labels).items():
+                out[f"{key}_rev_{name}"] = round(acc, 2)
+        return out
+
+    def rows(self, metrics: Dict[str, float], meta: dict) -> List[dict]:
+        """Result rows: per label set, bank->queries and the reverse."""
+        rows = []
+        for key, name in self.names.items():
+            rows.append({**meta, "dataset": name, "knn_top1": metrics[f"{key}_top1"],
+                         "knn_top3": metrics[f"{key}_top3"]})
+            rows.append({**meta, "dataset": f"{name} (reverse)",
+                         "knn_top1": metrics[f"{key}_rev_top1"],
+                         "knn_top3": metrics[f"{key}_rev_top3"],
+                         "notes": "test split as bank, train split as queries"})
+        return rows
