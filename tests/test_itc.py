@@ -126,7 +126,7 @@ def test_momentum_copy_starts_equal_follows_by_ema_and_is_not_trained():
         weight.add_(1.0)  # as if an optimizer step had moved the student
     model.momentum_keys(images, ids, pad)
     torch.testing.assert_close(model.momentum.image_proj.weight, 0.9 * before + 0.1 * weight)
-    with pytest.raises(ValueError, match="bank_momentum"):
+    with pytest.raises(ConfigError, match="bank_momentum"):
         build_multimodal(ImageEncoderConfig(dim=8, depth=1, heads=2, image_size=8, patch_size=4),
                          TextEncoderConfig(dim=8, depth=1, heads=2, vocab_size=20, max_len=8),
                          EncoderConfig(dim=8, depth=1, heads=2),

@@ -32,7 +32,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from common.config import EncoderConfig, ImageEncoderConfig, TextEncoderConfig
+from common.config import ConfigError, EncoderConfig, ImageEncoderConfig, TextEncoderConfig
 from common.losses import kd_mse_loss
 from common.memory_bank import MemoryBank
 from common.models.ema import ema_update
@@ -117,7 +117,8 @@ class MultimodalEncoder(nn.Module):
         self.image_bank = MemoryBank(head.bank_size, proj_dim) if banked else None
         self.text_bank = MemoryBank(head.bank_size, proj_dim) if banked else None
         if not 0.0 <= head.bank_momentum < 1.0:
-            raise ValueError(f"head.bank_momentum must be in [0, 1), got {head.bank_momentum}")
+            raise ConfigError(f"config error: head.bank_momentum={head.bank_momentum} must be in "
+                              f"[0, 1) (0: no momentum keys; MoCo/ALBEF use 0.99-0.999)")
         self.bank_momentum = head.bank_momentum if banked else 0.0
         # the momentum key encoder: a frozen copy of the embedding path, moved towards the
         # student before every key computation; a submodule, so checkpoints hold it
