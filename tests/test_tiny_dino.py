@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from common.config import DataConfig, TeacherConfig
-from common.data.synthetic import SyntheticWorld
+from common.data.synthetic import COLOUR_JITTER, COLOUR_RGB, SyntheticWorld
 from common.data.transforms import eval_transform
 from common.models import teachers
 from common.models import tiny_dino as td
@@ -54,6 +54,26 @@ def test_background_swap_keeps_the_objects_and_redraws_the_background():
     cy, cx = int(main.cy * 32), int(main.cx * 32)  # the main object's centre keeps its colour
     assert np.array_equal(a[cy, cx], original[cy, cx]) and np.array_equal(b[cy, cx], original[cy, cx])
     views = td.TwoViews(source, eval_transform(32), background_swap=True)[3]["views"]
+    assert views.shape == (2, 3, 32, 32) and not torch.equal(views[0], views[1])
+
+
+def test_relayout_moves_and_reshades_the_objects_and_keeps_what_they_are():
+    source = SyntheticWorld(seed=0, train_size=50).source("train")
+    gen = torch.Generator().manual_seed(0)
+    scenes = [source.scene(i) for i in range(50)]
+    moved = [td.relaid_scene(scene, gen) for scene in scenes]
+    for scene, new in zip(scenes, moved):
+        assert [(o.shape, o.colour, o.size) for o in scene.objects] == \
+            [(o.shape, o.colour, o.size) for o in new.objects]  # the same objects, main first
+        for o in new.objects:  # a new shade of the same named colour
+            assert np.abs(np.array(o.rgb) - COLOUR_RGB[o.colour]).max() <= COLOUR_JITTER + 1e-4
+        assert len({o.cell for o in new.objects}) == len(new.objects)
+        assert new.label == scene.label and new.texture == scene.texture
+    cells = [([o.cell for o in s.objects], [o.cell for o in n.objects]) for s, n in zip(scenes, moved)]
+    assert sum(a != b for a, b in cells) > 35  # most layouts changed (1 object: 8 cells of 9)
+    again = [td.relaid_scene(scene, torch.Generator().manual_seed(0)) for scene in scenes[:1]]
+    assert again[0] == moved[0]  # a pure function of the generator
+    views = td.TwoViews(source, eval_transform(32), background_swap=True, relayout=True)[3]["views"]
     assert views.shape == (2, 3, 32, 32) and not torch.equal(views[0], views[1])
 
 

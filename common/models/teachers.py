@@ -39,6 +39,7 @@ from common.data.transforms import eval_transform, train_transform
 from common.errors import DataError
 from common.models.converters import CHECKPOINT_SUFFIXES, encoder_from_checkpoint, read_checkpoint
 from common.models.hub import hf_vision_model
+from common.models.tiny_clr import ClrSettings, train_clr
 from common.models.tiny_dino import DinoSettings, train_dino
 from common.models.tiny_teachers import D2VSettings, build_vit, train_d2v
 from common.paths import cache_dir
@@ -202,10 +203,17 @@ def _dino_recipe(settings: DinoSettings) -> Recipe:
     return Recipe(build_vit, functools.partial(train_dino, settings=settings), asdict(settings))
 
 
+def _clr_recipe(settings: ClrSettings) -> Recipe:
+    """A contrastively (MoCo v3) trained ALiBi ViT (:mod:`common.models.tiny_clr`)."""
+    return Recipe(build_vit, functools.partial(train_clr, settings=settings), asdict(settings))
+
+
 TINY_RECIPES: Dict[str, Recipe] = {
     "tiny-cnn": Recipe(_build_cnn, _train_cnn),
     # label-free: EMA self-distillation, CLS regresses the mean of the patch targets
     "tiny-d2v": _d2v_recipe(D2VSettings(cls_objective="mean_patches")),
     # label-free: EMA self-distillation of the CLS token across background-swapped views
     "tiny-dino": _dino_recipe(DinoSettings()),
+    # label-free: InfoNCE between the CLS tokens of background-swapped views
+    "tiny-clr": _clr_recipe(ClrSettings()),
 }

@@ -25,6 +25,16 @@ in 300 steps) and fall back as it sharpens (step 750: 17.5/19.4): the prototypes
 the images by attributes other than the main object's colour and shape (positions, sizes,
 the other objects). The default 300-step bootstrap ends at 20.7/24.7 (+2.1/+1.5 over
 untrained). Without the swap the CLS falls below the untrained level within 100 steps.
+With the chapters' teacher training settings (lr 2e-3, weight decay 0.05, no clipping, 400
+steps) it collapses instead: the teacher's centred distribution is uniform (loss = log K)
+from step ~100 and the CLS ends at 17.6/21.8 (untrained 19.4/24.4). 256 prototypes,
+temperatures 0.04/0.1, EMA 0.996 and lr 5e-4 collapse the same way (loss log 256 from step
+50; 20.0/23.9 at step 300); BatchNorm in the head (DINO's ``use_bn_in_head``) sharpens the
+first targets (entropy 4.7 of 5.5 at step 50) but collapses by step 100 (10.3/15.5), and
+DINOv2's Sinkhorn-Knopp centring with ``relayout`` views on top of that did too (15.5/19.5
+at step 100; head and centring variants tried in throwaway code, not kept).
+:mod:`common.models.tiny_clr`, whose in-batch negatives rule a constant output out, is the
+label-free tiny teacher whose trained CLS keeps a gain at the end of its bootstrap.
 
 The cached teacher is the EMA *encoder* (the DINO head is dropped), an
 :class:`~common.models.encoder.Encoder` with the same interface as ``tiny-d2v``; its
@@ -33,11 +43,13 @@ The cached teacher is the EMA *encoder* (the DINO head is dropped), an
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,7 +57,8 @@ from torch.utils.data import Dataset
 
 from common.config import ConfigError, DataConfig, TeacherConfig
 from common.data.datasets import DataSource, TrainStream
-from common.data.synthetic import SyntheticWorld
+from common.data.synthetic import (CELL_CENTRES, COLOUR_JITTER, COLOUR_RGB, POSITION_JITTER,
+                                   SIZE_FRAC, TEXTURES, TINTS, Scene, SyntheticWorld, render)
 from common.data.transforms import ImageTransform, train_transform
 from common.models.encoder import Encoder
 from common.models.tiny_teachers import ema_update, knn_report, knn_sets, ssl_report
@@ -104,20 +117,66 @@ def cosine_ema(step: int, total_steps: int, start: float) -> float:
     return 1.0 - (1.0 - start) * (math.cos(math.pi * min(step, total_steps) / total_steps) + 1) / 2
 
 
-class TwoViews(Dataset):
-    """``{"views": [2, C, H, W]}``: two augmentations of one image (labels are never read)."""
+def relaid_scene(scene: Scene, generator: torch.Generator | None = None, tries: int = 20) -> Scene:
+    """``scene`` with its objects moved to random distinct cells of the 3x3 grid (with the
+    world's position jitter and clearance rule, centre distance >= 0.4 x the sum of the
+    diameters; the old layout if ``tries`` draws found none clear) and their colours
+    re-jittered around their named colours (the world's per-channel jitter).
 
-    def __init__(self, source: DataSource, transform: ImageTransform, background_swap: bool):
-        if background_swap and not hasattr(source, "image_on_new_background"):
-            raise ConfigError("config error: background_swap needs the synthetic world "
-                              "(data.source=synthetic)")
-        self.source, self.transform, self.background_swap = source, transform, background_swap
+    Neither the layout nor the exact shade carries class information here, but both are
+    consistent across two views of one image and tell images apart: an instance-discriminating
+    objective learns them first. Redrawn per view, they leave it the objects' named colours,
+    shapes and sizes (crops only shift and scale the whole layout)."""
+    n = len(scene.objects)
+    rgb = ((torch.rand(n, 3, generator=generator) * 2 - 1) * COLOUR_JITTER).tolist()
+    objects = tuple(dataclasses.replace(o, rgb=tuple(float(np.clip(c + j, 0, 255)) for c, j in
+                                                   zip(COLOUR_RGB[o.colour], jit)))
+                    for o, jit in zip(scene.objects, rgb))
+    for _ in range(tries):
+        cells = torch.randperm(9, generator=generator)[:n].tolist()
+        jitter = ((torch.rand(n, 2, generator=generator) * 2 - 1) * POSITION_JITTER).tolist()
+        moved = tuple(dataclasses.replace(o, cell=c, cx=CELL_CENTRES[c % 3] + jx,
+                                          cy=CELL_CENTRES[c // 3] + jy)
+                      for o, c, (jx, jy) in zip(objects, cells, jitter))
+        if all(math.hypot(a.cx - b.cx, a.cy - b.cy) >= 0.4 * (SIZE_FRAC[a.size] + SIZE_FRAC[b.size])
+               for i, a in enumerate(moved) for b in moved[i + 1:]):
+            return dataclasses.replace(scene, objects=moved)
+    return dataclasses.replace(scene, objects=objects)
+
+
+class TwoViews(Dataset):
+    """``{"views": [2, C, H, W]}``: two augmentations of one image (labels are never read).
+
+    ``background_swap`` redraws each view's background, ``relayout`` (with it) also moves
+    each view's objects (:func:`relaid_scene`)."""
+
+    def __init__(self, source: DataSource, transform: ImageTransform, background_swap: bool,
+                 relayout: bool = False):
+        if (background_swap or relayout) and not hasattr(source, "image_on_new_background"):
+            raise ConfigError("config error: background_swap and relayout need the synthetic "
+                              "world (data.source=synthetic)")
+        if relayout and not background_swap:
+            raise ConfigError("config error: relayout needs background_swap "
+                              "(both redraw the scene)")
+        self.source, self.transform = source, transform
+        self.background_swap, self.relayout = background_swap, relayout
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def _relaid_image(self, index: int) -> np.ndarray:
+        """The objects of image ``index`` moved (:func:`relaid_scene`) onto a new background
+        (drawn as :meth:`~common.data.synthetic.SyntheticSource.image_on_new_background` does)."""
+        u = torch.rand(4).tolist()
+        scene = dataclasses.replace(relaid_scene(self.source.scene(index)),
+                                    texture=int(u[0] * len(TEXTURES)), tint=int(u[1] * len(TINTS)),
+                                    offset=(u[2], u[3]))
+        return render(scene, self.source.render_size)
+
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
-        if self.background_swap:
+        if self.relayout:
+            images = [self._relaid_image(index) for _ in range(2)]
+        elif self.background_swap:
             images = [self.source.image_on_new_background(index) for _ in range(2)]
         else:
             images = [self.source.image(index)] * 2
