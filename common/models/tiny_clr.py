@@ -39,21 +39,18 @@ other objects, sizes); the in-batch pair accuracy is only ~10% at the end.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.config import ConfigError, DataConfig, TeacherConfig
-from common.data.datasets import TrainStream
-from common.data.synthetic import SyntheticWorld
-from common.data.transforms import train_transform
+from common.config import DataConfig, TeacherConfig
 from common.models.encoder import Encoder
-from common.models.tiny_dino import TwoViews, cosine_ema
-from common.models.tiny_teachers import ema_update, knn_report, knn_sets, ssl_report
+from common.models.tiny_dino import train_two_views
+from common.models.tiny_teachers import ema_update
 
 
 @dataclass(frozen=True)
@@ -120,6 +117,10 @@ class MomentumContrast(nn.Module):
             acc = (hit == torch.arange(len(q1), device=hit.device)).float().mean()
         return {"loss": loss, "pair_acc": acc}
 
+    @property
+    def frozen(self) -> List[nn.Module]:
+        return [self.teacher, self.teacher_proj]
+
     @torch.no_grad()
     def update_teacher(self, decay: float) -> None:
         ema_update(self.teacher, self.student, decay)
@@ -130,29 +131,6 @@ def train_clr(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Pat
               settings: ClrSettings = ClrSettings()) -> Dict[str, Any]:
     """Train ``model`` (it becomes the EMA teacher) contrastively on unlabelled synthetic images
     and return its kNN report (same keys as ``tiny-d2v``'s)."""
-    from common.train import fit  # the loop imports the data stack; keep models importable alone
-
-    if cfg.encoder.image_size != data.image_size:
-        raise ConfigError(f"config error: teacher.encoder.image_size={cfg.encoder.image_size} "
-                          f"differs from data.image_size={data.image_size}; set them equal")
-    world = SyntheticWorld.from_config(data)
-    eval_sets = knn_sets(world, data.image_size)
-    untrained = knn_report(model, *eval_sets)
-    views = TwoViews(world.source("train"), train_transform(
-        data.image_size, (settings.crop_scale_min, 1.0), data.hflip), settings.background_swap,
-        settings.relayout)
-    net = MomentumContrast(model, settings, cfg.train.seed + 1)
-    steps = cfg.train.steps
-
-    def step_fn(module: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        return module(batch["views"], settings)
-
-    def on_step_end(module: nn.Module, step: int) -> None:
-        module.update_teacher(cosine_ema(step - 1, steps, settings.ema_start))
-
-    result = fit(net, step_fn, TrainStream(views, seed=cfg.train.seed), cfg.train, out_dir,
-                 num_workers=data.num_workers, frozen=[net.teacher, net.teacher_proj],
-                 on_step_end=on_step_end)
-    model.eval()  # net.teacher is model: the EMA updates trained it in place
-    trained = knn_report(model, *eval_sets)
-    return ssl_report(cfg.name, result, asdict(settings), trained, untrained)
+    return train_two_views(model, cfg, data, out_dir, settings,
+                           lambda m: MomentumContrast(m, settings, cfg.train.seed + 1),
+                           relayout=settings.relayout)

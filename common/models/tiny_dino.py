@@ -47,7 +47,7 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 import torch
@@ -211,16 +211,28 @@ class SelfDistillation(nn.Module):
             self.center.lerp_(t.float().mean((0, 1)), 1 - s.center_momentum)
         return {"loss": loss, "teacher_entropy": entropy}
 
+    @property
+    def frozen(self) -> List[nn.Module]:
+        return [self.teacher, self.teacher_head]
+
     @torch.no_grad()
     def update_teacher(self, decay: float) -> None:
         ema_update(self.teacher, self.student, decay)
         ema_update(self.teacher_head, self.student_head, decay)
 
 
-def train_dino(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Path,
-               settings: DinoSettings = DinoSettings()) -> Dict[str, Any]:
-    """DINO-train ``model`` (it becomes the EMA teacher) on unlabelled synthetic images and
-    return its kNN report (same keys as ``tiny-d2v``'s)."""
+def train_two_views(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Path,
+                    settings: Any, make_net: Callable[[Encoder], nn.Module],
+                    relayout: bool = False) -> Dict[str, Any]:
+    """The bootstrap both two-view recipes share (DINO here, MoCo v3 in :mod:`common.models.tiny_clr`):
+    train ``make_net(model)`` on :class:`TwoViews` of unlabelled synthetic images, moving its
+    EMA teacher (``model`` itself) on DINO's cosine schedule after every step, and return
+    ``model``'s kNN report next to the untrained network's (same keys as ``tiny-d2v``'s).
+
+    ``settings`` needs ``crop_scale_min``, ``background_swap`` and ``ema_start``; the network,
+    ``net(views, settings)`` -> loss dict, ``net.frozen`` (modules without gradients) and
+    ``net.update_teacher(decay)``.
+    """
     from common.train import fit  # the loop imports the data stack; keep models importable alone
 
     if cfg.encoder.image_size != data.image_size:
@@ -230,9 +242,9 @@ def train_dino(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Pa
     eval_sets = knn_sets(world, data.image_size)
     untrained = knn_report(model, *eval_sets)
     views = TwoViews(world.source("train"), train_transform(
-        data.image_size, (settings.crop_scale_min, 1.0), data.hflip), settings.background_swap)
-    net = SelfDistillation(model, settings, cfg.train.seed + 1)
-    frozen = [net.teacher, net.teacher_head]
+        data.image_size, (settings.crop_scale_min, 1.0), data.hflip), settings.background_swap,
+        relayout)
+    net = make_net(model)
     steps = cfg.train.steps
 
     def step_fn(module: nn.Module, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -242,7 +254,15 @@ def train_dino(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Pa
         module.update_teacher(cosine_ema(step - 1, steps, settings.ema_start))
 
     result = fit(net, step_fn, TrainStream(views, seed=cfg.train.seed), cfg.train, out_dir,
-                 num_workers=data.num_workers, frozen=frozen, on_step_end=on_step_end)
+                 num_workers=data.num_workers, frozen=net.frozen, on_step_end=on_step_end)
     model.eval()  # net.teacher is model: the EMA updates trained it in place
     trained = knn_report(model, *eval_sets)
     return ssl_report(cfg.name, result, asdict(settings), trained, untrained)
+
+
+def train_dino(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Path,
+               settings: DinoSettings = DinoSettings()) -> Dict[str, Any]:
+    """DINO-train ``model`` (it becomes the EMA teacher) on unlabelled synthetic images and
+    return its kNN report."""
+    return train_two_views(model, cfg, data, out_dir, settings,
+                           lambda m: SelfDistillation(m, settings, cfg.train.seed + 1))
