@@ -81,3 +81,18 @@ def cls_target(hidden: Union[Tensor, Sequence[Tensor]]) -> Tensor:
     """
     last = hidden if isinstance(hidden, Tensor) else hidden[-1]
     return last[:, 0]  # B x D
+
+
+def batch_standardized(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Standardise each channel of ``[B, D]`` teacher vectors over the batch (zero mean, unit
+    variance; biased variance, ``eps`` as :func:`F.batch_norm`), without parameters.
+
+    A single CLS vector per image has no time axis to instance-norm over, so this is the
+    analogue of data2vec's target normalisation for CLS regression: it removes the component
+    that every image shares. Self-supervised ViT CLS outputs can be dominated by it (the tiny
+    label-free teachers' CLS vectors have a mean cosine of 0.86-0.996 between different
+    images), and an MSE on the raw vectors then mostly teaches the student that constant.
+    Statistics are per process under data parallelism.
+    """
+    x = x.float()
+    return (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + eps)

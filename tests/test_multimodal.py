@@ -167,6 +167,19 @@ def test_cls_distillation_regresses_the_image_teacher_for_both_modalities():
     assert teacher.w.grad is None
 
 
+def test_cls_distillation_can_regress_batch_standardised_targets():
+    torch.manual_seed(0)
+    model = build(target_dim=4, kd_target="batch")
+    images, ids, pad = inputs()
+    _, txt, _, terms = cls_distillation(model, ConstantTeacher(),
+                                        {"image": images, "text_ids": ids, "text_padding_mask": pad})
+    raw = images.mean(dim=(1, 2, 3))[:, None].expand(3, 4)
+    target = (raw - raw.mean(0)) / torch.sqrt(raw.var(0, unbiased=False) + 1e-5)  # per channel over B
+    torch.testing.assert_close(terms["kd_text"], ((txt.kd - target) ** 2).mean())
+    with pytest.raises(ConfigError, match="kd_target"):
+        build(kd_target="layer")
+
+
 # ------------------------------------------------------------------------- metrics
 def test_pair_cosines_by_hand():
     images = torch.tensor([[1.0, 0.0], [0.0, 2.0]])

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.targets import cls_target, instance_norm_over_time, layer_averaged_targets
+from common.targets import (batch_standardized, cls_target, instance_norm_over_time,
+                            layer_averaged_targets)
 
 EPS = 1e-5
 
@@ -102,3 +103,14 @@ def test_cls_target_takes_the_final_layer_first_step():
     layers = [torch.randn(2, 5, 3) for _ in range(3)]
     assert torch.equal(cls_target(layers), layers[-1][:, 0])
     assert torch.equal(cls_target(layers[0]), layers[0][:, 0])
+
+
+def test_batch_standardized_by_hand():
+    # channel 0: values 1, 3 -> mean 2, biased var 1; channel 1: 10, 10 -> var 0 (eps only)
+    x = torch.tensor([[1.0, 10.0], [3.0, 10.0]])
+    got = batch_standardized(x, eps=1e-5)
+    s = 1 / math.sqrt(1 + 1e-5)
+    torch.testing.assert_close(got, torch.tensor([[-s, 0.0], [s, 0.0]]))
+    # equals parameter-free batch norm in training mode
+    y = torch.randn(6, 4) * 3 + 5
+    torch.testing.assert_close(batch_standardized(y), F.batch_norm(y, None, None, training=True))

@@ -40,8 +40,10 @@ from common.models.encoder import Encoder, build_image_encoder, build_text_encod
 from common.models.heads import LogitScale, Projection
 from common.models.registry import init_encoder
 from common.models.teachers import teacher_embedding
+from common.targets import batch_standardized
 
 PROJECTIONS = ("none", "encoder", "shared")
+KD_TARGETS = ("raw", "batch")
 LEVELS = ("encoder", "shared", "embedding")
 
 
@@ -61,6 +63,9 @@ class HeadConfig:
     logit_scale_init: float = 1 / 0.07  # CLIP's initial temperature 0.07
     logit_scale_max: float = 100.0  # clamp at ln 100, as CLIP and the thesis
     bank_size: int = 0  # > 0: a FIFO memory bank of past embeddings per modality (chapter 4)
+    # what the kd head regresses: the teacher's vector as it is (raw, the thesis), or each
+    # channel standardised over the batch (batch: removes what all images share)
+    kd_target: str = "raw"
     # > 0 (with a bank): batch columns and bank rows come from an EMA copy of the student with
     # this decay (MoCo / ALBEF momentum keys); 0: the student's own embeddings (the thesis's plan)
     bank_momentum: float = 0.0
@@ -90,6 +95,8 @@ class MultimodalEncoder(nn.Module):
         super().__init__()
         if head.proj not in PROJECTIONS:
             raise ValueError(f"head.proj must be one of {PROJECTIONS}, got '{head.proj}'")
+        if head.kd_target not in KD_TARGETS:
+            raise ConfigError(f"config error: head.kd_target={head.kd_target} is not one of {KD_TARGETS}")
         if not image.dim == text.dim == shared.dim:
             raise ValueError(f"image ({image.dim}), text ({text.dim}) and shared ({shared.dim}) "
                              f"widths must be equal: the shared blocks read both encoders' tokens")
@@ -97,7 +104,7 @@ class MultimodalEncoder(nn.Module):
             raise ValueError("the shared blocks take the encoders' tokens; build them without embedding")
         dim = image.dim
         self.image, self.text, self.shared = image, text, shared
-        self.proj = head.proj
+        self.proj, self.kd_target = head.proj, head.kd_target
         target = head.target_dim or dim
         # a plain linear map (with bias) only where the teacher is wider/narrower than the student
         self.kd_map: nn.Module = nn.Linear(dim, target) if target != dim else nn.Identity()
@@ -200,13 +207,16 @@ def teacher_width(teacher: nn.Module, image_size: int) -> int:
 def cls_distillation(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor]
                      ) -> Tuple[MultimodalOutput, MultimodalOutput, Optional[Tensor], Dict[str, Tensor]]:
     """Label-free feature KD: image CLS and text CLS both regress the teacher's vector of the
-    paired image (:func:`common.models.teachers.teacher_embedding`, MSE).
+    paired image (:func:`common.models.teachers.teacher_embedding`, MSE), as it is or
+    standardised over the batch (``head.kd_target``, :func:`common.targets.batch_standardized`).
 
     Returns (image levels, text levels, logit scale (None unless the model is contrastive),
     ``{"kd_image", "kd_text"}``) so that a chapter can add an alignment term on the same
     forward pass.
     """
     target = teacher_embedding(teacher, batch["image"]).float()  # B x D_teacher, no grad
+    if getattr(model, "module", model).kd_target == "batch":  # DDP/DeepSpeed wrap the model
+        target = batch_standardized(target)
     image, text, scale = model(batch["image"], batch["text_ids"], batch["text_padding_mask"])
     terms = {"kd_image": kd_mse_loss(image.kd.float(), target),
              "kd_text": kd_mse_loss(text.kd.float(), target)}
