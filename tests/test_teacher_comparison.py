@@ -56,24 +56,25 @@ def test_nothing_to_train_is_refused_before_training():
     assert not (Path(os.environ["MMKD_RUNS"]) / "teacher_comparison").exists()
 
 
-@pytest.mark.slow  # three tiny teacher bootstraps (3 steps each) + four 3-step students: ~1 min
+@pytest.mark.slow  # four tiny teacher bootstraps (3 steps each) + five 3-step students: ~1 min
 def test_tiny_run_every_teacher_writes_teacher_and_student_rows_and_the_figure(monkeypatch, tmp_path):
     monkeypatch.delenv("SEEDS", raising=False)
     rows = teachers.run(parse_cli(teachers.TeacherComparisonConfig, CHAPTER, FEW_STEPS))
     df = pd.read_csv(Path(os.environ["MMKD_RESULTS"]) / "teacher_comparison" / "teachers.csv")
     assert list(df.columns) == list(COLUMNS)
     judged = df[df["model"].str.startswith("teacher:")]
-    # three teachers judged by kNN on both label sets, both directions; no row for "none"
-    assert sorted(set(judged["teacher"])) == ["tiny-cnn", "tiny-d2v", "tiny-dino"]
-    assert len(judged) == 3 * 4 and judged["knn_top1"].between(0, 100).all()
+    # four teachers judged by kNN on both label sets, both directions; no row for "none"
+    assert sorted(set(judged["teacher"])) == ["tiny-clr", "tiny-cnn", "tiny-d2v", "tiny-dino"]
+    assert len(judged) == 4 * 4 and judged["knn_top1"].between(0, 100).all()
     assert sorted(set(judged["dataset"])) == ["syn-knn10", "syn-knn10 (reverse)", "syn-knn100",
                                               "syn-knn100 (reverse)"]
     students = df[~df["model"].str.startswith("teacher:")]
-    assert len(students) == len(rows) == 4 * 3  # COCO-like, Flickr-like, zero-shot per teacher
-    assert list(dict.fromkeys(students["run"])) == ["tiny-d2v", "tiny-dino", "tiny-cnn", "no-teacher"]
+    assert len(students) == len(rows) == 5 * 3  # COCO-like, Flickr-like, zero-shot per teacher
+    assert list(dict.fromkeys(students["run"])) == ["tiny-d2v", "tiny-dino", "tiny-clr", "tiny-cnn",
+                                                     "no-teacher"]
     assert set(students[students["run"] == "no-teacher"]["teacher"]) == {"none"}
     zs = students[students["dataset"] == "syn-imagenet"]
-    assert len(zs) == 4 and zs["zs_top1"].between(0, 100).all()
+    assert len(zs) == 5 and zs["zs_top1"].between(0, 100).all()
     coco = students[students["dataset"] == "syn-coco"]
     assert coco["i2t_r1"].notna().all() and coco["t2i_mean_recall"].notna().all()
 
