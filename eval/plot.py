@@ -275,7 +275,8 @@ def teacher_comparison(df: pd.DataFrame, out: Path) -> List[Path]:
                                            ("t2i_mean_recall", ":", "#a63603")):
                     for yv, name in zip(sel.loc[xs.isna(), key], names[xs.isna()]):
                         ax.axhline(yv, ls=style, color=colour, lw=1)
-                        ax.annotate(f"teacher {name} ({'i→t' if key.startswith('i2t') else 't→i'})",
+                        who = "no teacher" if name == "none" else f"teacher {name}"
+                        ax.annotate(f"{who} ({'i→t' if key.startswith('i2t') else 't→i'})",
                                     (0.01, yv), xycoords=("axes fraction", "data"), fontsize=7,
                                     xytext=(0, 2), textcoords="offset points", color=colour)
             judged = xs.notna()

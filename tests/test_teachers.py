@@ -50,3 +50,21 @@ def test_unknown_teacher_and_missing_weights_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist") as err:
         teachers.build_teacher(t, d)
     assert "\n" not in str(err.value)
+
+
+def test_cache_key_ignores_what_a_recipe_does_not_read():
+    # the ViT recipes never read the CNN's arch/width and the CNN never reads encoder, so two
+    # chapters that differ only there share one bootstrapped teacher
+    t, d = _cfgs()
+    t.name = "tiny-d2v"
+    key = teachers._cache_key(t, d)
+    t.arch, t.width = "resnet18", 0.25
+    assert teachers._cache_key(t, d) == key
+    t.encoder.depth += 1
+    assert teachers._cache_key(t, d) != key
+    t.name = "tiny-cnn"
+    key = teachers._cache_key(t, d)
+    t.encoder.depth += 1
+    assert teachers._cache_key(t, d) == key
+    t.width = 0.5
+    assert teachers._cache_key(t, d) != key

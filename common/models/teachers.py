@@ -100,9 +100,10 @@ def _timm_pretrained(arch: str, weights: str) -> nn.Module:
 # ---------------------------------------------------------------------------- tiny bootstraps
 def _cache_key(cfg: TeacherConfig, data: DataConfig) -> str:
     """Hash of everything that changes a bootstrapped teacher."""
+    cnn = cfg.name == "tiny-cnn"  # the CNN reads arch/width, the ViT recipes read encoder
     relevant = {
-        "recipe": cfg.name, "arch": cfg.arch, "width": cfg.width, "train": to_dict(cfg.train),
-        "encoder": to_dict(cfg.encoder) if cfg.name != "tiny-cnn" else None,
+        "recipe": cfg.name, "arch": cfg.arch if cnn else None, "width": cfg.width if cnn else None,
+        "train": to_dict(cfg.train), "encoder": None if cnn else to_dict(cfg.encoder),
         "data": {k: to_dict(data)[k] for k in ("image_size", "render_size", "crop_scale", "hflip",
                                                "train_size")},
         "grammar": GRAMMAR_VERSION, "version": 1,
