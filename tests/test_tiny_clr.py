@@ -3,9 +3,7 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from common.config import DataConfig, TeacherConfig
 from common.models import teachers
 from common.models import tiny_clr as tc
 from common.models.tiny_teachers import build_vit
@@ -32,19 +30,9 @@ def test_heads_end_in_a_batch_norm_without_affine_parameters():
     assert out.shape == (64, 8) and out.mean(0).abs().max() < 1e-5  # batch-normalised output
 
 
-def _cfgs(steps: int = 2):
-    t = OmegaConf.structured(TeacherConfig)
-    t.name = "tiny-clr"
-    e = t.encoder
-    e.image_size, e.patch_size, e.dim, e.depth, e.heads, e.mlp_ratio = 32, 8, 32, 2, 2, 2.0
-    t.train.steps, t.train.batch_size, t.train.log_every = steps, 8, 1
-    d = OmegaConf.structured(DataConfig)
-    d.image_size = 32
-    return t, d
 
-
-def test_momentum_contrast_trains_the_student_only():
-    t, _ = _cfgs()
+def test_momentum_contrast_trains_the_student_only(vit_teacher_cfgs):
+    t, _ = vit_teacher_cfgs("tiny-clr")
     net = tc.MomentumContrast(build_vit(t), tc.ClrSettings(proj_hidden=16, proj_dim=8), seed=1)
     net.teacher.eval()
     net.teacher_proj.eval()  # as fit() runs frozen modules
@@ -55,8 +43,8 @@ def test_momentum_contrast_trains_the_student_only():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.student.parameters())
 
 
-def test_tiny_clr_bootstraps_once_deterministically(monkeypatch, tmp_path):
-    t, d = _cfgs()
+def test_tiny_clr_bootstraps_once_deterministically(monkeypatch, tmp_path, vit_teacher_cfgs):
+    t, d = vit_teacher_cfgs("tiny-clr")
     model = teachers.build_teacher(t, d)
     report = teachers.teacher_report(t, d)
     assert report["recipe"] == "tiny-clr" and report["steps"] == 2

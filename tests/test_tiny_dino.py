@@ -4,9 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from common.config import DataConfig, TeacherConfig
 from common.data.synthetic import COLOUR_JITTER, COLOUR_RGB, SyntheticWorld
 from common.data.transforms import eval_transform
 from common.models import teachers
@@ -77,19 +75,9 @@ def test_relayout_moves_and_reshades_the_objects_and_keeps_what_they_are():
     assert views.shape == (2, 3, 32, 32) and not torch.equal(views[0], views[1])
 
 
-def _cfgs(steps: int = 2):
-    t = OmegaConf.structured(TeacherConfig)
-    t.name = "tiny-dino"
-    e = t.encoder
-    e.image_size, e.patch_size, e.dim, e.depth, e.heads, e.mlp_ratio = 32, 8, 32, 2, 2, 2.0
-    t.train.steps, t.train.batch_size, t.train.log_every = steps, 8, 1
-    d = OmegaConf.structured(DataConfig)
-    d.image_size = 32
-    return t, d
 
-
-def test_tiny_dino_bootstraps_and_changes_the_encoder(monkeypatch):
-    t, d = _cfgs()
+def test_tiny_dino_bootstraps_and_changes_the_encoder(monkeypatch, vit_teacher_cfgs):
+    t, d = vit_teacher_cfgs("tiny-dino")
     model = teachers.build_teacher(t, d)
     report = teachers.teacher_report(t, d)
     assert report["recipe"] == "tiny-dino" and report["steps"] == 2

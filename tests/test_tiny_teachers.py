@@ -1,28 +1,16 @@
 """Label-free tiny ViT teacher (data2vec 2.0-style): masking, EMA, targets, loss, cached bootstrap."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from common.config import DataConfig, TeacherConfig
 from common.models import teachers
 from common.models import tiny_teachers as tt
 from common.targets import layer_averaged_targets
 
 
-def _cfgs(steps: int = 2):
-    t = OmegaConf.structured(TeacherConfig)
-    t.name = "tiny-d2v"
-    e = t.encoder
-    e.image_size, e.patch_size, e.dim, e.depth, e.heads, e.mlp_ratio = 32, 8, 32, 2, 2, 2.0
-    t.train.steps, t.train.batch_size, t.train.log_every = steps, 8, 1
-    d = OmegaConf.structured(DataConfig)
-    d.image_size = 32
-    return t, d
 
-
-def test_tiny_d2v_is_bootstrapped_once_then_loaded_from_cache(monkeypatch):
-    t, d = _cfgs()
+def test_tiny_d2v_is_bootstrapped_once_then_loaded_from_cache(monkeypatch, vit_teacher_cfgs):
+    t, d = vit_teacher_cfgs("tiny-d2v")
     first = teachers.build_teacher(t, d)
     report = teachers.teacher_report(t, d)
     assert report["steps"] == 2 and report["recipe"] == "tiny-d2v"
@@ -46,8 +34,8 @@ def test_tiny_d2v_is_bootstrapped_once_then_loaded_from_cache(monkeypatch):
         assert torch.equal(a, b), name
 
 
-def test_cache_key_includes_the_recipe_settings(monkeypatch):
-    t, d = _cfgs()
+def test_cache_key_includes_the_recipe_settings(monkeypatch, vit_teacher_cfgs):
+    t, d = vit_teacher_cfgs("tiny-d2v")
     key = teachers._cache_key(t, d)
     recipe = teachers.TINY_RECIPES["tiny-d2v"]
     monkeypatch.setattr(recipe, "settings", {**recipe.settings, "mask_ratio": 0.5})
@@ -85,8 +73,9 @@ def test_block_mask_keeps_the_requested_ratio(block):
         tt.block_mask(2, (4, 4), 1.0)
 
 
-def test_loss_counts_only_masked_positions_and_cls_regresses_the_mean_of_patch_targets():
-    t, _ = _cfgs()
+def test_loss_counts_only_masked_positions_and_cls_regresses_the_mean_of_patch_targets(
+        vit_teacher_cfgs):
+    t, _ = vit_teacher_cfgs("tiny-d2v")
     teacher = tt.build_vit(t).eval()
     settings = tt.D2VSettings(num_masks=2, mask_ratio=0.5, cls_weight=0.5)
     images = torch.randn(3, 3, 32, 32)
@@ -116,8 +105,9 @@ def test_cls_target_is_the_mean_of_the_patch_targets():
     assert tt.CLS_OBJECTIVES["mean_patches"](cls_pred, targets).item() == pytest.approx(0.0)
 
 
-def test_student_on_visible_tokens_matches_the_encoder_with_their_alibi_distances():
-    t, _ = _cfgs()
+def test_student_on_visible_tokens_matches_the_encoder_with_their_alibi_distances(
+        vit_teacher_cfgs):
+    t, _ = vit_teacher_cfgs("tiny-d2v")
     t.encoder.patch_size = 4  # 8 x 8 grid
     student = tt.MaskedStudent(tt.build_vit(t)).eval()
     enc = student.encoder
