@@ -164,7 +164,7 @@ class MeanTeacher(torch.nn.Module):
 
 @pytest.mark.parametrize("align,proj,term", [("itc", "encoder", "itc"), ("itc", "shared", "itc"),
                                              ("none", "none", None), ("cos", "none", "cos")])
-def test_ablation_losses_add_one_alignment_term(align, proj, term):
+def test_alignment_losses_add_one_alignment_term(align, proj, term):
     model, batch = _model_and_batch(align, proj)
     out = alignment_losses(model, MeanTeacher(), batch, align)
     kd = out["kd_image"] + out["kd_text"]
