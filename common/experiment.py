@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -16,12 +17,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from common.checkpoint import list_checkpoints
 from common.config import DataConfig, EvalConfig
 from common.data.datasets import (ImageLabelSet, ImageTextPairs, RetrievalSet, TrainStream,
                                   collate_image_text)
 from common.data.sources import dataset_name, open_source, prompt_templates
 from common.data.tokenizer import Tokenizer, build_tokenizer
 from common.data.transforms import eval_transform, train_transform
+from common.errors import UserError
 from common.evaluation import (ImageTextModel, embed_images, embed_texts, retrieval_metrics,
                                zero_shot_metrics)
 from common.models.multimodal import LEVELS, MultimodalEncoder, MultimodalOutput, teacher_width
@@ -37,11 +40,54 @@ NO_TEACHER = "none"  # teacher.name of a run without distillation
 LossFn = Callable[[nn.Module, Dict[str, Tensor]], Dict[str, Tensor]]
 
 
+# Top-level config sections a continued run may change: how it goes on training (``fit``
+# warns about changed train settings), how it is evaluated, and bookkeeping. Any other change
+# (model, teacher, data, objective) would resume a checkpoint of a different experiment.
+RESUMABLE_SECTIONS = frozenset({"run", "train", "eval", "knn", "finetune", "linear_probe",
+                                "finetune_modes", "finetune_labels", "finetune_untrained",
+                                "variants", "only", "seeds"})
+
+
+def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"model.image.dim": 128, ...}`` of a nested config container."""
+    if isinstance(tree, dict):
+        out: Dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: Any, current: Any) -> List[str]:
+    """``["model.image.dim: 128 -> 256", ...]``: settings outside :data:`RESUMABLE_SECTIONS`
+    that differ between two configs (OmegaConf objects or dicts)."""
+    old, new = (_flat(OmegaConf.to_container(OmegaConf.create(c), resolve=True))
+                for c in (saved, current))
+    keys = sorted(k for k in set(old) | set(new) if k.split(".")[0] not in RESUMABLE_SECTIONS)
+    return [f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}"
+            for k in keys if old.get(k, "<unset>") != new.get(k, "<unset>")]
+
+
 def run_folder(cfg: Any, name: Optional[str] = None) -> Path:
     """``runs/<chapter>/<run>/`` (or ``<name>/``, e.g. one seed of a variant) with the resolved
-    config saved as ``config.yaml`` (what the eval CLIs read to rebuild the model from a checkpoint)."""
+    config saved as ``config.yaml`` (what the eval CLIs read to rebuild the model from a checkpoint).
+
+    A folder that already holds checkpoints is continued by ``train.resume=auto``; that is
+    refused (one line, the folder and its ``config.yaml`` untouched) when the saved run was
+    trained with other model, teacher, data or objective settings (:func:`config_changes`)."""
     folder = runs_dir(cfg.chapter, name or cfg.run)
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    saved = folder / "config.yaml"
+    if saved.is_file() and list_checkpoints(folder):
+        changes = config_changes(OmegaConf.load(saved), cfg)
+        if changes:
+            more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
+            raise UserError(f"{folder} holds a run trained with other settings "
+                            f"({'; '.join(changes[:3])}{more}): rerun with its settings to "
+                            f"continue it, delete the folder to start over, or set MMKD_RUNS to "
+                            f"another folder to keep both")
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg))
+    os.replace(tmp, saved)
     return folder
 
 
