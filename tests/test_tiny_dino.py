@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.config import ConfigError
 from common.data.synthetic import COLOUR_JITTER, COLOUR_RGB, SyntheticWorld
 from common.data.transforms import eval_transform
 from common.models import teachers
@@ -73,6 +74,26 @@ def test_relayout_moves_and_reshades_the_objects_and_keeps_what_they_are():
     assert again[0] == moved[0]  # a pure function of the generator
     views = td.TwoViews(source, eval_transform(32), background_swap=True, relayout=True)[3]["views"]
     assert views.shape == (2, 3, 32, 32) and not torch.equal(views[0], views[1])
+
+
+def test_drop_others_keeps_the_main_object_and_drops_the_rest_at_the_given_rate():
+    source = SyntheticWorld(seed=0, train_size=400).source("train")
+    scenes = [source.scene(i) for i in range(400)]
+    gen = torch.Generator().manual_seed(0)
+    kept = [td.without_some_others(s, 0.75, gen) for s in scenes]
+    others = sum(len(s.objects) - 1 for s in scenes)
+    assert all(k.objects[0] == s.objects[0] and set(k.objects) <= set(s.objects)
+               for s, k in zip(scenes, kept))  # the main object always, others a subset
+    rate = 1 - sum(len(k.objects) - 1 for k in kept) / others
+    assert others > 300 and abs(rate - 0.75) < 0.06  # ~4 standard errors
+    assert all(td.without_some_others(s, 1.0).objects == s.objects[:1] for s in scenes[:20])
+    assert all(td.without_some_others(s, 0.0) == s for s in scenes[:20])
+    views = td.TwoViews(source, eval_transform(32), True, True, drop_others=0.5)[3]["views"]
+    assert views.shape == (2, 3, 32, 32)
+    for bad, why in (({"relayout": False, "drop_others": 0.5}, "needs relayout"),
+                     ({"relayout": True, "drop_others": 1.5}, "probability")):
+        with pytest.raises(ConfigError, match=why):
+            td.TwoViews(source, eval_transform(32), True, **bad)
 
 
 

@@ -35,6 +35,7 @@ FEW_STEPS = SMALL + [
     "knn.bank_size=200", "knn.query_size=100", "eval.batch_size=100",
     "finetune.train.steps=4", "finetune.train.batch_size=16", "finetune.eval_batch_size=100",
     "linear_probe.train.steps=4", "linear_probe.train.batch_size=16", "linear_probe.eval_batch_size=100"]
+ALL_LAYERS = ["target.teacher_layers=0", "target.student_layers=0"]  # draft 003's eq. (3)-(5)
 # THESIS.md chapter 1: lr_l = 1e-3 * 0.81^(L+1-l) for L=6, layers 0 (embedding) .. 7 (head)
 THESIS_LR_TABLE = [2.3e-4, 2.8e-4, 3.5e-4, 4.3e-4, 5.3e-4, 6.6e-4, 8.1e-4, 1e-3]
 
@@ -74,13 +75,13 @@ def test_the_patch_embedding_is_shared_and_runs_once_per_step(tmp_path, monkeypa
 
 
 def test_a_student_that_copies_the_teacher_has_zero_loss_and_eq6_weights_the_steps():
-    cfg, teacher, model = _teacher_and_student(["student.depth=2", "student.mlp_ratio=4.0",
-                                                "student_init=teacher"])
+    cfg, teacher, model = _teacher_and_student(ALL_LAYERS + ["student.depth=2", "student.mlp_ratio=4.0",
+                                                             "student_init=teacher"])
     vkd.init_from_teacher(model.image, teacher)
     images = torch.randn(3, 3, 32, 32)
     assert vkd.kd_losses(model, teacher, images, cfg.target)["loss"].item() == pytest.approx(0, abs=1e-10)
 
-    cfg, teacher, model = _teacher_and_student()
+    cfg, teacher, model = _teacher_and_student(ALL_LAYERS)
     out = vkd.kd_losses(model, teacher, images, cfg.target)
     # eq. (6): one mean over the 1 + 16 time steps, so CLS weighs 1/17 and the patches 16/17
     assert out["loss"].item() == pytest.approx((out["kd_cls"] + 16 * out["kd_patches"]).item() / 17)
@@ -156,9 +157,9 @@ def test_tiny_run_writes_teacher_untrained_and_distilled_rows_and_resumes():
     csv = Path(os.environ["MMKD_RESULTS"]) / "unimodal_vision_kd" / "vision_kd.csv"
     df = pd.read_csv(csv)
     assert list(df.columns) == list(COLUMNS) and len(df) == len(rows)
-    assert (df["chapter"] == "unimodal_vision_kd").all() and (df["teacher"] == "tiny-d2v").all()
+    assert (df["chapter"] == "unimodal_vision_kd").all() and (df["teacher"] == "tiny-clr").all()
     knn = df[df["knn_top1"].notna()]
-    assert set(knn["model"]) == {"teacher:tiny-d2v", "student 1 block (untrained)",
+    assert set(knn["model"]) == {"teacher:tiny-clr", "student 1 block (untrained)",
                                  "student 1 block (distilled)"}
     for model in set(knn["model"]):
         assert sorted(knn[knn["model"] == model]["dataset"]) == [
@@ -169,7 +170,7 @@ def test_tiny_run_writes_teacher_untrained_and_distilled_rows_and_resumes():
                                      "syn-knn100 (linear probe)", "syn-knn100 (linear probe)"]
     assert (ft["ft_top1"] <= ft["ft_top5"]).all()
     by_model = df.groupby("model")["steps"].first()
-    assert by_model["student 1 block (distilled)"] == 4 and by_model["teacher:tiny-d2v"] == 3
+    assert by_model["student 1 block (distilled)"] == 4 and by_model["teacher:tiny-clr"] == 3
     assert by_model["student 1 block (untrained)"] == 0
     assert df["model"].iloc[-1] == "student 1 block (distilled)"  # what the eval CLIs label the run by
     assert knn["model"].iloc[-1] == "student 1 block (distilled)"  # kNN rows are written first

@@ -144,33 +144,55 @@ def relaid_scene(scene: Scene, generator: torch.Generator | None = None, tries: 
     return dataclasses.replace(scene, objects=objects)
 
 
+def without_some_others(scene: Scene, drop: float, generator: torch.Generator | None = None) -> Scene:
+    """``scene`` with each object but the main one left out with probability ``drop``.
+
+    The views of a real photo are crops: both usually hold its subject (the object that
+    fills the frame) and each loses some of what is around it. A 32-px scene cannot be
+    cropped that way without cutting its main object, so a view drops other objects instead.
+    The main object is the largest one, which a view-maker can see without any label; what
+    it is (colour, shape) is never read."""
+    keep = (torch.rand(len(scene.objects) - 1, generator=generator) >= drop).tolist()
+    return dataclasses.replace(scene, objects=(scene.objects[0],) + tuple(
+        o for o, k in zip(scene.objects[1:], keep) if k))
+
+
 class TwoViews(Dataset):
     """``{"views": [2, C, H, W]}``: two augmentations of one image (labels are never read).
 
     ``background_swap`` redraws each view's background, ``relayout`` (with it) also moves
-    each view's objects (:func:`relaid_scene`)."""
+    each view's objects (:func:`relaid_scene`), ``drop_others`` (with relayout) leaves each
+    object but the main one out of a view with that probability (:func:`without_some_others`)."""
 
     def __init__(self, source: DataSource, transform: ImageTransform, background_swap: bool,
-                 relayout: bool = False):
+                 relayout: bool = False, drop_others: float = 0.0):
         if (background_swap or relayout) and not hasattr(source, "image_on_new_background"):
             raise ConfigError("config error: background_swap and relayout need the synthetic "
                               "world (data.source=synthetic)")
         if relayout and not background_swap:
             raise ConfigError("config error: relayout needs background_swap "
                               "(both redraw the scene)")
+        if drop_others and not relayout:
+            raise ConfigError("config error: drop_others needs relayout (both redraw the objects)")
+        if not 0.0 <= drop_others <= 1.0:
+            raise ConfigError(f"config error: drop_others={drop_others} is a probability; "
+                              f"use a value in [0, 1]")
         self.source, self.transform = source, transform
-        self.background_swap, self.relayout = background_swap, relayout
+        self.background_swap, self.relayout, self.drop_others = background_swap, relayout, drop_others
 
     def __len__(self) -> int:
         return len(self.source)
 
     def _relaid_image(self, index: int) -> np.ndarray:
-        """The objects of image ``index`` moved (:func:`relaid_scene`) onto a new background
+        """The objects of image ``index`` moved (:func:`relaid_scene`), some left out
+        (``drop_others``), onto a new background
         (drawn as :meth:`~common.data.synthetic.SyntheticSource.image_on_new_background` does)."""
         u = torch.rand(4).tolist()
-        scene = dataclasses.replace(relaid_scene(self.source.scene(index)),
-                                    texture=int(u[0] * len(TEXTURES)), tint=int(u[1] * len(TINTS)),
-                                    offset=(u[2], u[3]))
+        scene = relaid_scene(self.source.scene(index))
+        if self.drop_others:
+            scene = without_some_others(scene, self.drop_others)
+        scene = dataclasses.replace(scene, texture=int(u[0] * len(TEXTURES)),
+                                    tint=int(u[1] * len(TINTS)), offset=(u[2], u[3]))
         return render(scene, self.source.render_size)
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
@@ -223,7 +245,7 @@ class SelfDistillation(nn.Module):
 
 def train_two_views(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Path,
                     settings: Any, make_net: Callable[[Encoder], nn.Module],
-                    relayout: bool = False) -> Dict[str, Any]:
+                    relayout: bool = False, drop_others: float = 0.0) -> Dict[str, Any]:
     """The bootstrap both two-view recipes share (DINO here, MoCo v3 in :mod:`common.models.tiny_clr`):
     train ``make_net(model)`` on :class:`TwoViews` of unlabelled synthetic images, moving its
     EMA teacher (``model`` itself) on DINO's cosine schedule after every step, and return
@@ -243,7 +265,7 @@ def train_two_views(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_di
     untrained = knn_report(model, *eval_sets)
     views = TwoViews(world.source("train"), train_transform(
         data.image_size, (settings.crop_scale_min, 1.0), data.hflip), settings.background_swap,
-        relayout)
+        relayout, drop_others)
     net = make_net(model)
     steps = cfg.train.steps
 
