@@ -25,7 +25,8 @@ The cached teacher is the EMA *encoder* (projector and predictor are dropped), a
 **What it learns at this scale** (dim 128, depth 4, patch 8, batch 128, one core, about
 0.8 s a step). The 300-step bootstrap at lr 5e-4, weight decay 0.05, 10% warmup (about
 4 min) ends at CLS kNN fine/coarse top-1 27.9/30.9 against 19.4/24.4 for the same network
-untrained (chance 1/10; top-3 45.8/52.0 against 36.0/45.1); with ``train.seed=1`` 24.3/27.1.
+untrained (chance 1/10; top-3 45.8/52.0 against 36.0/45.1); with ``train.seed=1`` 24.3/27.1,
+``train.seed=2`` 23.7/26.2 (batch 256 for the same 300 steps, seed 1: 25.0/27.4).
 For scale, the same ViT trained on the labels (cross-entropy on the CLS, lr 1e-3, batch
 128) reaches 27.2/28.0 after 600 steps (20.9/22.0 halfway). The mean-pooled patches stay at the untrained level (23/28): the
 objective trains the CLS. What the views share decides what it learns:
