@@ -361,16 +361,21 @@ class SyntheticWorld:
                      r.randrange(len(TINTS)), (r.random(), r.random()))
 
 
+def keeps_clear(cx: float, cy: float, size: int, other: Obj) -> bool:
+    """Whether an object of ``size`` centred at ``(cx, cy)`` keeps clear of ``other``: centre
+    distance >= 0.8 x the sum of their radii (the world's placement rule)."""
+    return math.hypot(cx - other.cx, cy - other.cy) >= 0.4 * (SIZE_FRAC[size] + SIZE_FRAC[other.size])
+
+
 def _place(r: random.Random, shape: int, colour: int, size: int, cells: Sequence[int],
            placed: Sequence[Obj]) -> Optional[Obj]:
     """The object in the first of ``cells`` (tried in order; one is drawn when nothing is
-    placed yet) that keeps clear of ``placed``: centre distance >= 0.8 x the sum of radii."""
+    placed yet) that keeps clear of ``placed`` (:func:`keeps_clear`)."""
     candidates = cells if placed else [r.choice(cells)]
     for cell in candidates:
         cx = CELL_CENTRES[cell % 3] + r.uniform(-POSITION_JITTER, POSITION_JITTER)
         cy = CELL_CENTRES[cell // 3] + r.uniform(-POSITION_JITTER, POSITION_JITTER)
-        if all(math.hypot(cx - o.cx, cy - o.cy) >= 0.4 * (SIZE_FRAC[size] + SIZE_FRAC[o.size])
-               for o in placed):
+        if all(keeps_clear(cx, cy, size, o) for o in placed):
             rgb = tuple(min(255.0, max(0.0, float(c) + r.uniform(-COLOUR_JITTER, COLOUR_JITTER)))
                         for c in COLOUR_RGB[colour])
             return Obj(shape, colour, size, cell, cx, cy, rgb)
@@ -585,6 +590,20 @@ def render(scene: Scene, size: int) -> np.ndarray:
     return (image + 0.5).astype(np.uint8)
 
 
+def with_new_background(scene: Scene, generator: torch.Generator | None = None) -> Scene:
+    """``scene`` with a background (texture, tint, texture phase) drawn from ``generator``:
+    the background-swap augmentation of label-free teachers.
+
+    Ryali et al. (2021, "Characterizing and Improving the Robustness of Self-Supervised
+    Learning through Background Augmentations") swap backgrounds behind a saliency mask;
+    the generator knows the foreground exactly. Two views of one image then share only
+    their objects, so a view-invariant objective cannot settle for the background, the
+    most predictable (and class-independent) structure of this world."""
+    u = torch.rand(4, generator=generator).tolist()
+    return dataclasses.replace(scene, texture=int(u[0] * len(TEXTURES)), tint=int(u[1] * len(TINTS)),
+                               offset=(u[2], u[3]))
+
+
 # ---------------------------------------------------------------------------- as a data source
 class SyntheticSource:
     """One split rendered at one size: the :class:`common.data.datasets.DataSource` that the
@@ -615,18 +634,9 @@ class SyntheticSource:
 
     def image_on_new_background(self, index: int, generator: torch.Generator | None = None
                                 ) -> np.ndarray:
-        """The objects of image ``index`` on a background (texture, tint, texture phase) drawn
-        from ``generator``: the background-swap augmentation of label-free teachers.
-
-        Ryali et al. (2021, "Characterizing and Improving the Robustness of Self-Supervised
-        Learning through Background Augmentations") swap backgrounds behind a saliency mask;
-        the generator knows the foreground exactly. Two views of one image then share only
-        their objects, so a view-invariant objective cannot settle for the background, the
-        most predictable (and class-independent) structure of this world."""
-        u = torch.rand(4, generator=generator).tolist()
-        scene = dataclasses.replace(self.scene(index), texture=int(u[0] * len(TEXTURES)),
-                                    tint=int(u[1] * len(TINTS)), offset=(u[2], u[3]))
-        return render(scene, self.render_size)
+        """The objects of image ``index`` on a background drawn from ``generator``
+        (:func:`with_new_background`)."""
+        return render(with_new_background(self.scene(index), generator), self.render_size)
 
     def captions(self, index: int) -> Captions:
         return self.world.lazy_captions(self.scene(index))

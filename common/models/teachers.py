@@ -194,27 +194,18 @@ def _train_cnn(model: nn.Module, cfg: TeacherConfig, data: DataConfig, out_dir: 
             "val_split": "imagenet_val", "num_classes": len(CLASSNAMES)}
 
 
-def _d2v_recipe(settings: D2VSettings) -> Recipe:
-    """A data2vec 2.0-style self-distilled ALiBi ViT (:mod:`common.models.tiny_teachers`)."""
-    return Recipe(build_vit, functools.partial(train_d2v, settings=settings), asdict(settings))
-
-
-def _dino_recipe(settings: DinoSettings) -> Recipe:
-    """A DINO-trained ALiBi ViT (:mod:`common.models.tiny_dino`)."""
-    return Recipe(build_vit, functools.partial(train_dino, settings=settings), asdict(settings))
-
-
-def _clr_recipe(settings: ClrSettings) -> Recipe:
-    """A contrastively (MoCo v3) trained ALiBi ViT (:mod:`common.models.tiny_clr`)."""
-    return Recipe(build_vit, functools.partial(train_clr, settings=settings), asdict(settings))
+def _vit_recipe(train: Callable[..., Dict[str, Any]], settings: Any) -> Recipe:
+    """A label-free ALiBi ViT trained by ``train(model, cfg, data, out_dir, settings=...)``;
+    its settings dataclass enters the cache key."""
+    return Recipe(build_vit, functools.partial(train, settings=settings), asdict(settings))
 
 
 TINY_RECIPES: Dict[str, Recipe] = {
     "tiny-cnn": Recipe(_build_cnn, _train_cnn),
-    # label-free: EMA self-distillation, CLS regresses the mean of the patch targets
-    "tiny-d2v": _d2v_recipe(D2VSettings(cls_objective="mean_patches")),
-    # label-free: EMA self-distillation of the CLS token across background-swapped views
-    "tiny-dino": _dino_recipe(DinoSettings()),
-    # label-free: InfoNCE between the CLS tokens of background-swapped views
-    "tiny-clr": _clr_recipe(ClrSettings()),
+    # label-free, data2vec 2.0-style (tiny_teachers.py): CLS regresses the mean of the patch targets
+    "tiny-d2v": _vit_recipe(train_d2v, D2VSettings(cls_objective="mean_patches")),
+    # label-free, DINO (tiny_dino.py): EMA self-distillation of the CLS across background-swapped views
+    "tiny-dino": _vit_recipe(train_dino, DinoSettings()),
+    # label-free, MoCo v3 (tiny_clr.py): InfoNCE between the CLS of views sharing their main object
+    "tiny-clr": _vit_recipe(train_clr, ClrSettings()),
 }

@@ -57,9 +57,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.config import DataConfig, TeacherConfig
+from common.models.ema import ema_update
 from common.models.encoder import Encoder
 from common.models.tiny_dino import train_two_views
-from common.models.tiny_teachers import ema_update
 
 
 @dataclass(frozen=True)

@@ -58,10 +58,11 @@ from torch.utils.data import Dataset
 from common.config import ConfigError, DataConfig, TeacherConfig
 from common.data.datasets import DataSource, TrainStream
 from common.data.synthetic import (CELL_CENTRES, COLOUR_JITTER, COLOUR_RGB, POSITION_JITTER,
-                                   SIZE_FRAC, TEXTURES, TINTS, Scene, SyntheticWorld, render)
+                                   Scene, SyntheticWorld, keeps_clear, render, with_new_background)
 from common.data.transforms import ImageTransform, train_transform
 from common.models.encoder import Encoder
-from common.models.tiny_teachers import ema_update, knn_report, knn_sets, ssl_report
+from common.models.ema import ema_update
+from common.models.tiny_teachers import knn_report, knn_sets, ssl_report
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,7 @@ def relaid_scene(scene: Scene, generator: torch.Generator | None = None, tries: 
         moved = tuple(dataclasses.replace(o, cell=c, cx=CELL_CENTRES[c % 3] + jx,
                                           cy=CELL_CENTRES[c // 3] + jy)
                       for o, c, (jx, jy) in zip(objects, cells, jitter))
-        if all(math.hypot(a.cx - b.cx, a.cy - b.cy) >= 0.4 * (SIZE_FRAC[a.size] + SIZE_FRAC[b.size])
-               for i, a in enumerate(moved) for b in moved[i + 1:]):
+        if all(keeps_clear(a.cx, a.cy, a.size, b) for i, a in enumerate(moved) for b in moved[i + 1:]):
             return dataclasses.replace(scene, objects=moved)
     return dataclasses.replace(scene, objects=objects)
 
@@ -184,15 +184,12 @@ class TwoViews(Dataset):
         return len(self.source)
 
     def _relaid_image(self, index: int) -> np.ndarray:
-        """The objects of image ``index`` moved (:func:`relaid_scene`), some left out
-        (``drop_others``), onto a new background
-        (drawn as :meth:`~common.data.synthetic.SyntheticSource.image_on_new_background` does)."""
-        u = torch.rand(4).tolist()
-        scene = relaid_scene(self.source.scene(index))
+        """The objects of image ``index`` on a new background
+        (:func:`~common.data.synthetic.with_new_background`), moved (:func:`relaid_scene`) and
+        some left out (``drop_others``)."""
+        scene = relaid_scene(with_new_background(self.source.scene(index)))
         if self.drop_others:
             scene = without_some_others(scene, self.drop_others)
-        scene = dataclasses.replace(scene, texture=int(u[0] * len(TEXTURES)),
-                                    tint=int(u[1] * len(TINTS)), offset=(u[2], u[3]))
         return render(scene, self.source.render_size)
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
