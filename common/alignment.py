@@ -13,6 +13,7 @@ Without a teacher (chapter 5's "no distillation" run) only the alignment term is
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 from torch import Tensor, nn
@@ -20,11 +21,28 @@ from torch import Tensor, nn
 from common.bench import BenchCase, synthetic_image_text_batch
 from common.config import ConfigError
 from common.losses import cosine_alignment_loss
+from common.experiment import MultimodalChapterConfig
 from common.memory_bank import banked_itc_loss
 from common.models.encoder import build_image_encoder
-from common.models.multimodal import cls_distillation
+from common.models.multimodal import MultimodalEncoder, build_multimodal, cls_distillation
 
 ALIGNMENTS = ("itc", "none", "cos")
+
+
+@dataclass
+class AlignedChapterConfig(MultimodalChapterConfig):
+    """A multimodal chapter trained by :func:`alignment_losses` (chapters 4 and 5)."""
+
+    align: str = "itc"  # the alignment term on top of distillation: itc | none | cos
+    align_weight: float = 1.0
+    cos_margin: float = 0.0  # CosineEmbeddingLoss margin of the `cos` term
+
+
+def build_aligned_student(cfg: AlignedChapterConfig, pad_id: int) -> MultimodalEncoder:
+    """The student of ``cfg``, with a logit scale (and banks) only for ``align=itc`` (what the
+    eval CLIs rebuild from a run's config.yaml)."""
+    return build_multimodal(cfg.image, cfg.text, cfg.shared, cfg.head, pad_id,
+                            contrastive=cfg.align == "itc")
 
 
 def check_alignment(name: str, align: str, proj: str, has_teacher: bool = True) -> None:

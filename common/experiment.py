@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -18,7 +19,8 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from common.checkpoint import list_checkpoints
-from common.config import DataConfig, EvalConfig
+from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig, TeacherConfig,
+                           TextEncoderConfig, TrainConfig)
 from common.data.datasets import (ImageLabelSet, ImageTextPairs, RetrievalSet, TrainStream,
                                   collate_image_text)
 from common.data.sources import dataset_name, open_source, prompt_templates
@@ -27,17 +29,41 @@ from common.data.transforms import eval_transform, train_transform
 from common.errors import UserError
 from common.evaluation import (ImageTextModel, embed_images, embed_texts, retrieval_metrics,
                                zero_shot_metrics)
-from common.models.multimodal import LEVELS, MultimodalEncoder, MultimodalOutput, teacher_width
+from common.models.multimodal import (LEVELS, HeadConfig, MultimodalEncoder, MultimodalOutput,
+                                     teacher_width)
 from common.models.teachers import build_teacher
 from common.paths import results_dir, runs_dir
 from common.results import append_rows
 from common.retrieval import mean_recall, pair_cosines, retrieval_recall
+from common.sweep import Variant
 
 log = logging.getLogger(__name__)
 
 RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 NO_TEACHER = "none"  # teacher.name of a run without distillation
 LossFn = Callable[[nn.Module, Dict[str, Tensor]], Dict[str, Tensor]]
+
+
+@dataclass
+class MultimodalChapterConfig:
+    """The settings of a chapter that trains :class:`~common.models.multimodal.MultimodalEncoder`
+    students (chapters 3-5): each chapter's ``run.py`` subclasses it with its name and
+    defaults, and its ``tiny.yaml`` / ``full.yaml`` set the values."""
+
+    chapter: str = ""
+    run: str = ""  # the results file: results/<chapter>/<run>.csv
+    preset: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # modality-specific blocks
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    shared: EncoderConfig = field(default_factory=lambda: EncoderConfig(depth=1))
+    head: HeadConfig = field(default_factory=HeadConfig)  # projections, temperature, bank size
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    variants: List[Variant] = field(default_factory=list)
+    only: List[str] = field(default_factory=list)  # run only these variants (by name)
+    seeds: int = 1  # seeds per trained variant; the SEEDS environment variable overrides it
 
 
 # Top-level config sections a continued run may change: how it goes on training (``fit``

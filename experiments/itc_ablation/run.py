@@ -29,19 +29,18 @@ Each ``variants`` entry of the preset is one row of the thesis table; result row
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
 import torch
 
-from common.alignment import alignment_bench_case, alignment_losses, check_alignment
+from common.alignment import (AlignedChapterConfig, alignment_bench_case, alignment_losses,
+                              build_aligned_student, check_alignment)
 from common.bench import BenchCase
 from common.cli import main
-from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig,
-                           TeacherConfig, TextEncoderConfig, TrainConfig, parse_cli)
+from common.config import parse_cli
 from common.experiment import markdown_table, prepare_distillation, train_multimodal
-from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal
 from common.sweep import Variant, expand, seed_count
 
 log = logging.getLogger("itc")
@@ -51,30 +50,12 @@ TABLE = ["run", "model", "dataset", "seed", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_
 
 
 @dataclass
-class ItcConfig:
+class ItcConfig(AlignedChapterConfig):
     chapter: str = "itc_ablation"
     run: str = "itc"  # the results file: results/itc_ablation/<run>.csv
-    preset: str = "tiny"
-    data: DataConfig = field(default_factory=DataConfig)
-    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # modality-specific blocks
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    shared: EncoderConfig = field(default_factory=lambda: EncoderConfig(depth=1))
-    head: HeadConfig = field(default_factory=HeadConfig)  # projections, temperature, bank size
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    align: str = "itc"  # the alignment term on top of distillation: itc | none | cos
-    align_weight: float = 1.0
-    cos_margin: float = 0.0  # CosineEmbeddingLoss margin of the `cos` term
-    variants: List[Variant] = field(default_factory=list)
-    only: List[str] = field(default_factory=list)  # run only these variants (by name)
-    seeds: int = 1  # seeds per variant; the SEEDS environment variable overrides it
 
 
-def build_model(cfg: ItcConfig, pad_id: int) -> MultimodalEncoder:
-    """The student described by ``cfg`` (what the eval CLIs rebuild from a run's config.yaml)."""
-    return build_multimodal(cfg.image, cfg.text, cfg.shared, cfg.head, pad_id,
-                            contrastive=cfg.align == "itc")
+build_model = build_aligned_student  # what the eval CLIs rebuild from a run's config.yaml
 
 
 def run_variant(variant: Variant, cfg: ItcConfig, results_file: str) -> List[dict]:

@@ -24,7 +24,7 @@ Result rows (recall, mean recall, cosine diagnostics, parameters, minutes) go to
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
@@ -34,11 +34,10 @@ from torch import Tensor, nn
 from common.alignment import alignment_bench_case, alignment_losses, check_alignment
 from common.bench import BenchCase
 from common.cli import main
-from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig,
-                           TeacherConfig, TextEncoderConfig, TrainConfig, parse_cli)
-from common.experiment import (markdown_table, prepare_distillation, run_meta, train_multimodal,
-                               write_rows)
-from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal
+from common.config import parse_cli
+from common.experiment import (MultimodalChapterConfig, markdown_table, prepare_distillation,
+                               run_meta, train_multimodal, write_rows)
+from common.models.multimodal import MultimodalEncoder, build_multimodal
 from common.sweep import Variant, expand, seed_count
 
 log = logging.getLogger("ssa")
@@ -49,21 +48,9 @@ TABLE = ["run", "model", "dataset", "seed", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_
 
 
 @dataclass
-class SsaConfig:
+class SsaConfig(MultimodalChapterConfig):
     chapter: str = "separate_self_attention"
     run: str = "ssa"  # the results file: results/separate_self_attention/<run>.csv
-    preset: str = "tiny"
-    data: DataConfig = field(default_factory=DataConfig)
-    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # modality-specific blocks
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    shared: EncoderConfig = field(default_factory=lambda: EncoderConfig(depth=1))
-    head: HeadConfig = field(default_factory=HeadConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    variants: List[Variant] = field(default_factory=list)
-    only: List[str] = field(default_factory=list)  # run only these variants (by name)
-    seeds: int = 1  # seeds per trained variant; the SEEDS environment variable overrides it
 
 
 def build_model(cfg: SsaConfig, pad_id: int) -> MultimodalEncoder:

@@ -36,15 +36,15 @@ from typing import List
 import torch
 from torch import nn
 
-from common.alignment import alignment_bench_case, alignment_losses, check_alignment
+from common.alignment import (AlignedChapterConfig, alignment_bench_case, alignment_losses,
+                              build_aligned_student, check_alignment)
 from common.bench import BenchCase
 from common.cli import main
-from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig,
-                           TeacherConfig, TextEncoderConfig, TrainConfig, parse_cli)
+from common.config import parse_cli
 from common.experiment import (NO_TEACHER, markdown_table, prepare_distillation, train_multimodal,
                                write_rows)
 from common.knn import KnnConfig, KnnSets
-from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal
+from common.models.multimodal import HeadConfig
 from common.models.teachers import teacher_embedding
 from common.sweep import Variant, expand, seed_count
 
@@ -55,31 +55,14 @@ TABLE = ["run", "model", "teacher", "dataset", "seed", "knn_top1", "knn_top3", "
 
 
 @dataclass
-class TeacherComparisonConfig:
+class TeacherComparisonConfig(AlignedChapterConfig):  # each variant sets teacher.name
     chapter: str = "teacher_comparison"
     run: str = "teachers"  # the results file: results/teacher_comparison/<run>.csv
-    preset: str = "tiny"
-    data: DataConfig = field(default_factory=DataConfig)
-    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # modality-specific blocks
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    shared: EncoderConfig = field(default_factory=lambda: EncoderConfig(depth=1))
     head: HeadConfig = field(default_factory=lambda: HeadConfig(proj="shared"))
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # each variant sets teacher.name
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)  # how the teachers themselves are judged
-    align: str = "itc"  # the alignment term on top of distillation: itc | none | cos
-    align_weight: float = 1.0
-    cos_margin: float = 0.0
-    variants: List[Variant] = field(default_factory=list)
-    only: List[str] = field(default_factory=list)  # run only these variants (by name)
-    seeds: int = 1  # seeds per variant; the SEEDS environment variable overrides it
 
 
-def build_model(cfg: TeacherComparisonConfig, pad_id: int) -> MultimodalEncoder:
-    """The student described by ``cfg`` (what the eval CLIs rebuild from a run's config.yaml)."""
-    return build_multimodal(cfg.image, cfg.text, cfg.shared, cfg.head, pad_id,
-                            contrastive=cfg.align == "itc")
+build_model = build_aligned_student  # what the eval CLIs rebuild from a run's config.yaml
 
 
 def teacher_rows(cfg: TeacherComparisonConfig, teacher: nn.Module) -> List[dict]:
