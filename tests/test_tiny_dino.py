@@ -96,7 +96,6 @@ def test_drop_others_keeps_the_main_object_and_drops_the_rest_at_the_given_rate(
             td.TwoViews(source, eval_transform(32), True, **bad)
 
 
-
 def test_tiny_dino_bootstraps_and_changes_the_encoder(monkeypatch, vit_teacher_cfgs):
     t, d = vit_teacher_cfgs("tiny-dino")
     model = teachers.build_teacher(t, d)
