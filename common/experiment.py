@@ -27,6 +27,7 @@ from common.data.sources import dataset_name, open_source, prompt_templates
 from common.data.tokenizer import Tokenizer, build_tokenizer
 from common.data.transforms import eval_transform, train_transform
 from common.errors import UserError
+from common.distributed import is_main_process
 from common.evaluation import (ImageTextModel, embed_images, embed_texts, retrieval_metrics,
                                zero_shot_metrics)
 from common.models.multimodal import (LEVELS, HeadConfig, MultimodalEncoder, MultimodalOutput,
@@ -263,8 +264,11 @@ def run_meta(cfg: Any, model: nn.Module, *, model_name: str, teacher: str, steps
 
 
 def write_rows(chapter: str, run: str, rows: Sequence[Dict[str, Any]]) -> Path:
-    """Append ``rows`` atomically to ``results/<chapter>/<run>.csv``."""
+    """Append ``rows`` atomically to ``results/<chapter>/<run>.csv``; under a multi-process
+    launch only the main process writes (every rank evaluates the same model)."""
     path = results_dir(chapter) / f"{run}.csv"
+    if not is_main_process():
+        return path
     append_rows(path, list(rows))
     log.info("wrote %d result rows to %s", len(rows), path)
     return path

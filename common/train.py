@@ -61,7 +61,9 @@ class FitResult:
 
     step: int  # optimizer steps done (== cfg.steps after a complete run)
     history: list[dict[str, float]] = field(default_factory=list)  # eval metrics + "step"
-    train_minutes: float = 0.0  # wall minutes summed over sessions (a resumed one counts to its checkpoint)
+    # wall minutes of training (evaluation excluded) summed over sessions (a resumed one counts
+    # to its checkpoint)
+    train_minutes: float = 0.0
     samples_per_sec: float = 0.0  # training throughput of this session
     out_dir: Path = Path(".")
     checkpoint: Path | None = None  # the last checkpoint folder
@@ -130,11 +132,18 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
         set_rng_state(rng)  # last thing before the first step: dropout continues exactly
 
     t_start = time.time()
+    eval_seconds = 0.0  # evaluation is not training time (train_minutes)
+
+    def session_minutes() -> float:
+        return (time.time() - t_start - eval_seconds) / 60
 
     def run_eval(step: int) -> dict[str, float]:
+        nonlocal eval_seconds
         if evaluate is None:
             return {}
+        t0 = time.time()
         metrics = _evaluate(evaluate, unwrapped, step, amp)
+        eval_seconds += time.time() - t0
         _train_mode(model, frozen)
         history.append({"step": step, **metrics})
         log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
@@ -142,7 +151,7 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
 
     def checkpoint(step: int) -> Path:
         extra = {"history": history, "config": _snapshot(cfg),
-                 "train_minutes": minutes_before + (time.time() - t_start) / 60}
+                 "train_minutes": minutes_before + session_minutes()}
         return save_checkpoint(accelerator, out_dir, step, model, optimizer, scheduler, extra)
 
     # ---- the loop
@@ -193,7 +202,7 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
             if _every(done, cfg.ckpt_every, cfg.steps):
                 last_ckpt = checkpoint(done)
 
-    minutes = minutes_before + (time.time() - t_start) / 60
+    minutes = minutes_before + session_minutes()
     steps_run = max(0, cfg.steps - start_step)
     log.info("done: step %d, %.1f min of training, last checkpoint %s",
              max(start_step, cfg.steps), minutes, last_ckpt)
@@ -226,7 +235,7 @@ def _make_accelerator(cfg: TrainConfig) -> tuple[Accelerator, torch.dtype | None
         plugin = DeepSpeedPlugin(hf_ds_config=str(_find_file(cfg.deepspeed, "train.deepspeed")))
     # Each fit() may use other precision/DeepSpeed settings than an earlier one in this
     # process (a teacher bootstrap, then the student): drop the process-wide state.
-    AcceleratorState._reset_state()
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=precision, deepspeed_plugin=plugin,
                               cpu=not torch.cuda.is_available())
     if cfg.batch_size % accelerator.num_processes:

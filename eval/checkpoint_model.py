@@ -8,8 +8,8 @@ config schema and call its ``build_model``. The convention a chapter follows so 
 works:
 
 - ``build_model(cfg, ...)`` builds the untrained model from the chapter's config; besides
-  ``cfg`` it may ask, by parameter name, for ``tokenizer``, ``pad_id``, ``vocab_size`` or
-  ``num_classes`` (the classes of the run's zero-shot set, SHRe's head size);
+  ``cfg`` it may ask, by parameter name, for ``tokenizer``, ``pad_id`` or ``vocab_size``
+  (sizes that depend on the teacher, such as SHRe's head, are saved in the config);
 - the model has ``encode_image`` / ``encode_text`` (:class:`common.evaluation.ImageTextModel`)
   and, for fine-tuning, its encoders as ``.image`` / ``.text``;
 - the chapter sets ``cfg.text.vocab_size`` from the tokenizer before building (the loader
@@ -37,7 +37,6 @@ from torch import nn
 from common.chapters import chapter
 from common.checkpoint import MODEL_FILE, list_checkpoints, load_weights
 from common.config import load_config
-from common.data.sources import open_source
 from common.data.tokenizer import Tokenizer, build_tokenizer
 from common.errors import DataError
 from common.paths import results_dir
@@ -118,17 +117,10 @@ def _build(module: ModuleType, cfg: Any, tokenizer: Tokenizer) -> nn.Module:
     if "text" in cfg and "vocab_size" in cfg.text:
         cfg.text.vocab_size = tokenizer.vocab_size
 
-    def num_classes() -> int:
-        if not cfg.eval.zero_shot:
-            raise DataError(f"build_model of chapter '{cfg.chapter}' needs num_classes, taken from "
-                            f"the run's zero-shot set, but its eval.zero_shot is empty")
-        return len(open_source(cfg.data, cfg.eval.zero_shot).classnames)
-
     providers = {
         "tokenizer": lambda: tokenizer,
         "pad_id": lambda: tokenizer.pad_id,
         "vocab_size": lambda: tokenizer.vocab_size,
-        "num_classes": num_classes,
     }
     kwargs = {}
     params = list(inspect.signature(module.build_model).parameters.values())[1:]

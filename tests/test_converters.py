@@ -240,6 +240,16 @@ def test_data2vec2_text_alibi_switch_must_match_the_checkpoint(tmp_path):
         init_encoder(build_text_encoder(cfg, PAD), cfg, "text")
 
 
+def test_data2vec2_text_needs_the_fairseq_dictionary(tmp_path):
+    """GPT-2 BPE files without fairseq's dict.txt give GPT-2's own ids (pad = eos = 50256):
+    one line saying what to add, not a negative position count."""
+    path, _ = d2v_text(tmp_path, alibi=False)
+    cfg = TextEncoderConfig(dim=D, depth=2, heads=H, vocab_size=VOCAB, max_len=L, norm_eps=1e-5,
+                            alibi=False, init=str(path))
+    with pytest.raises(DataError, match=r"pad id 7 \(no dict.txt\); put fairseq's dict.txt"):
+        init_encoder(build_text_encoder(cfg, pad_id=7), cfg, "text")
+
+
 # ------------------------------------------------------------- BEiT v2
 def make_beit(variant: str) -> Beit:
     """timm Beit in the layout of a release: ``v2`` = BEiT v2 (relative bias per block, no

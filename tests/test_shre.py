@@ -151,3 +151,25 @@ def test_tiny_preset_learns_far_above_chance():
     assert coco["i2t_r1"] > 20 * 0.1 and coco["t2i_r1"] > 20 * 0.1, coco
     assert flickr["i2t_r1"] > 20 * 0.2 and flickr["t2i_r1"] > 20 * 0.2, flickr
     assert zs["zs_top1"] > 5 * 1.0, zs
+
+
+def test_head_is_sized_by_the_teacher_not_the_zero_shot_set(monkeypatch):
+    """Without a zero-shot set (and with a 1000-class ImageNet set next to a 100-class tiny
+    teacher) the shared head has one output per teacher class, saved in config.yaml."""
+    from omegaconf import OmegaConf
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def no_training(model, *args, **kwargs):
+        seen["classes"] = model.image_head.fc2.out_features
+        raise Stop
+
+    monkeypatch.setattr(shre, "fit", no_training)
+    with pytest.raises(Stop):
+        shre.run(parse_cli(shre.ShreConfig, CHAPTER, FEW_STEPS + ["eval.zero_shot=''", "run=nozs"]))
+    assert seen["classes"] == 100  # tiny-cnn's classes
+    saved = OmegaConf.load(Path(os.environ["MMKD_RUNS"]) / "shre" / "nozs" / "config.yaml")
+    assert saved.head_classes == 100

@@ -151,3 +151,16 @@ def test_frozen_teacher_and_step_fn_contract(tmp_path):
     with pytest.raises(KeyError, match="'loss'"):
         fit(make_model(), lambda m, b: {"mse": m(b[0]).mean()}, ToyStream(), cfg(steps=2),
             tmp_path / "bad")
+
+
+def test_train_minutes_leave_out_evaluation(tmp_path):
+    import time
+
+    def slow_eval(model, step):
+        time.sleep(1.0)
+        return {"step_seen": step}
+
+    result = fit(make_model(), step_fn, ToyStream(), cfg(steps=4, eval_every=2, ckpt_every=0),
+                 tmp_path / "run", evaluate=slow_eval)
+    assert len(result.history) == 2  # two evaluations, 2 s of sleeping
+    assert result.train_minutes * 60 < 1.0

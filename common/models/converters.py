@@ -280,6 +280,10 @@ def convert_data2vec2(ckpt: Checkpoint, modality: str, depth: int, *, heads: int
             raise DataError(f"{src}: expected token + learned position embeddings and "
                             f"layernorm_embedding under {p}local_encoder; not supported otherwise")
         used.add(f"{p}local_encoder.embed_positions.weight")
+        if pad_id != FAIRSEQ_PAD:  # positions and token rows are indexed by fairseq's dictionary
+            raise DataError(f"{src} is a data2vec 2.0 (fairseq) text model, indexed by fairseq's "
+                            f"GPT-2 dictionary, but the tokenizer has pad id {pad_id} (no dict.txt); "
+                            f"put fairseq's dict.txt beside the GPT-2 vocab.json/merges.txt")
         usable = positions.shape[0] - (pad_id + 1)
         if max_len > usable:
             raise DataError(f"{src} has {usable} text positions but text.max_len={max_len}; "

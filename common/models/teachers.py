@@ -36,6 +36,7 @@ from common.config import DataConfig, TeacherConfig, to_dict
 from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.synthetic import CLASSNAMES, GRAMMAR_VERSION, SyntheticWorld
 from common.data.transforms import eval_transform, train_transform
+from common.distributed import single_process
 from common.errors import DataError
 from common.models.converters import CHECKPOINT_SUFFIXES, encoder_from_checkpoint, read_checkpoint
 from common.models.hub import hf_vision_model
@@ -127,7 +128,8 @@ def bootstrap(cfg: TeacherConfig, data: DataConfig) -> nn.Module:
             log.info("bootstrapping teacher %s (once; cached in %s)", cfg.name, folder)
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            report = TINY_RECIPES[cfg.name].train(model, cfg, data, tmp / "run")
+            with single_process():  # see common.distributed.single_process: no deadlock
+                report = TINY_RECIPES[cfg.name].train(model, cfg, data, tmp / "run")
             save_file(model.state_dict(), str(tmp / "model.safetensors"))
             (tmp / "report.json").write_text(json.dumps(report, indent=2))
             shutil.rmtree(tmp / "run")

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from common.bench import BenchCase, synthetic_image_text_batch
 from common.cli import main
-from common.config import (DataConfig, EvalConfig, ImageEncoderConfig, TeacherConfig,
+from common.config import (ConfigError, DataConfig, EvalConfig, ImageEncoderConfig, TeacherConfig,
                            TextEncoderConfig, TrainConfig, parse_cli)
 from common.data.datasets import ImageTextPairs, TrainStream, collate_image_text
 from common.data.sources import open_source
@@ -61,16 +61,36 @@ class ShreConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     head_hidden: float = 4.0  # shared network: Linear(D, 4D) -> GELU -> LN -> Linear(4D, C)
+    # C: the teacher's classes, filled from the teacher before the run folder is written (so
+    # config.yaml rebuilds the model without it); 0 = not known yet
+    head_classes: int = 0
     kd_weight: float = 1.0
     itc_weight: float = 1.0
 
 
-def build_model(cfg: ShreConfig, num_classes: int, pad_id: int) -> DualEncoder:
-    """Two encoders (optionally initialised from pretrained checkpoints) and one shared head."""
+def build_model(cfg: ShreConfig, pad_id: int) -> DualEncoder:
+    """Two encoders (optionally initialised from pretrained checkpoints) and one shared head
+    with one output per teacher class (``cfg.head_classes``)."""
+    if cfg.head_classes <= 0:
+        raise ConfigError(f"config error: head_classes={cfg.head_classes}; it is the teacher's "
+                          f"number of classes, set from the teacher by run()")
     image = init_encoder(build_image_encoder(cfg.image), cfg.image, "image")
     text = init_encoder(build_text_encoder(cfg.text, pad_id), cfg.text, "text")
-    head = SharedHead(cfg.image.dim, num_classes, hidden=cfg.head_hidden)
+    head = SharedHead(cfg.image.dim, cfg.head_classes, hidden=cfg.head_hidden)
     return DualEncoder(image, text, image_head=head, text_head=head)
+
+
+@torch.no_grad()
+def teacher_classes(teacher: nn.Module, image_size: int) -> int:
+    """The number of classes the teacher's logits have (the shared head's output size), from
+    one blank image: whatever the zero-shot set is, the student regresses the teacher."""
+    device = next(teacher.parameters()).device
+    logits = teacher(torch.zeros(1, 3, image_size, image_size, device=device))
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise ConfigError(f"config error: SHRe needs a classifier teacher (logits per image), but "
+                          f"teacher.name gives {type(logits).__name__} outputs; use tiny-cnn or a "
+                          f"timm: classifier such as timm:resnet50.a1_in1k")
+    return logits.shape[-1]
 
 
 def shre_losses(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor],
@@ -91,12 +111,12 @@ def run(cfg: ShreConfig) -> List[dict]:
     torch.manual_seed(cfg.train.seed)
     evals = EvalSets(cfg.data, cfg.eval)  # a missing dataset stops here, before any training
     train_source = open_source(cfg.data, "train")
-    out_dir = run_folder(cfg)
     tokenizer = build_tokenizer(cfg.data)
     cfg.text.vocab_size = tokenizer.vocab_size
     teacher = build_teacher(cfg.teacher, cfg.data)
-    num_classes = len(evals.zero_shot.source.classnames) if evals.zero_shot else cfg.image.dim
-    model = build_model(cfg, num_classes, tokenizer.pad_id)
+    cfg.head_classes = teacher_classes(teacher, cfg.data.image_size)
+    out_dir = run_folder(cfg)
+    model = build_model(cfg, tokenizer.pad_id)
 
     pairs = ImageTextPairs(train_source, train_transform(cfg.data.image_size, cfg.data.crop_scale,
                                                          cfg.data.hflip))
@@ -132,12 +152,12 @@ def bench_case(cfg: ShreConfig) -> BenchCase:
     """``make bench PRESET=full``: this chapter's training step at the preset's size, with
     random weights (nothing to download) and a teacher of the preset's timm architecture."""
     cfg.image.init = cfg.text.init = ""
-    num_classes = 1000  # the ImageNet-1k teacher's classes
+    cfg.head_classes = 1000  # the ImageNet-1k teacher's classes
     teacher = timm.create_model(cfg.teacher.name.removeprefix("timm:"), pretrained=False,
-                                num_classes=num_classes)
+                                num_classes=cfg.head_classes)
     batch = synthetic_image_text_batch(cfg.train.batch_size, cfg.data.image_size,
                                        cfg.data.max_text_len, cfg.text.vocab_size)
-    return BenchCase(build_model(cfg, num_classes, pad_id=1),
+    return BenchCase(build_model(cfg, pad_id=1),
                      lambda m, b: shre_losses(m, teacher, b, cfg.kd_weight, cfg.itc_weight)["loss"],
                      batch, frozen=[teacher])
 
