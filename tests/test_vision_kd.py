@@ -202,3 +202,41 @@ def test_full_preset_training_step_builds_and_runs_at_a_tiny_shape():
         for key in ("dim=32", "heads=2", "depth=2", "image_size=32")]
     out = bench.bench_chapter("unimodal_vision_kd", steps=1, overrides=shape, device="cpu")
     assert out["batch"] == 2 and out["flops_per_step"] > 0 and out["steps_per_s"] > 0
+
+
+def test_student_built_from_data2vec2_blocks_under_another_teachers_embedding(tmp_path):
+    """Draft 003's combination by config alone: ``student.init`` names a data2vec 2.0 image
+    checkpoint (fairseq layout) whose first blocks start the student, while the patch embedding
+    stays the teacher's (shared, frozen)."""
+    from test_converters import DEPTH, add_block, rand, save_fairseq
+
+    d, heads = 32, 4
+    g = torch.Generator().manual_seed(7)
+    p = "modality_encoders.IMAGE."
+    sd = {p + "local_encoder.proj.weight": rand(d, 3, 8, 8, g=g),
+          p + "local_encoder.proj.bias": rand(d, g=g),
+          p + "fixed_positional_encoder.positions": rand(1, 16, d, g=g),
+          p + "extra_tokens": rand(1, 1, d, g=g),
+          p + "context_encoder.norm.weight": rand(d, g=g, norm=True),
+          p + "context_encoder.norm.bias": rand(d, g=g)}
+    for i in range(DEPTH):
+        add_block(sd, f"blocks.{i}.", g)
+    path = tmp_path / "data2vec2_image.pt"
+    save_fairseq(path, sd, {"num_heads": heads, "norm_eps": 1e-6, "layer_norm_first": False,
+                            "depth": DEPTH, "modalities": {"image": {"prenet_depth": 0}}})
+    student = ["student.depth=2", "student.mlp_ratio=4.0", f"student.init={path}"]
+    cfg, teacher, model = _teacher_and_student(student + [f"student.heads={heads}"])
+    with pytest.raises(Exception, match="needs student.alibi=false"):  # the tiny preset's ALiBi blocks
+        vkd.init_student(cfg, model.image, teacher)
+    cfg, teacher, model = _teacher_and_student(student + [f"student.heads={heads}", "student.alibi=false"])
+    embed = {k: v.clone() for k, v in teacher.embed.state_dict().items()}
+    vkd.init_student(cfg, model.image, teacher)
+    for i in range(2):
+        torch.testing.assert_close(model.image.blocks[i].attn.qkv.weight, sd[f"blocks.{i}.attn.qkv.weight"])
+        torch.testing.assert_close(model.image.blocks[i].mlp.fc2.bias, sd[f"blocks.{i}.mlp.fc2.bias"])
+    assert model.image.embed is teacher.embed  # still shared ...
+    for k, v in teacher.embed.state_dict().items():  # ... and untouched by the checkpoint
+        torch.testing.assert_close(v, embed[k])
+    cfg.student_init = "teacher"
+    with pytest.raises(ConfigError, match="keep one"):
+        vkd.init_student(cfg, model.image, teacher)

@@ -406,11 +406,18 @@ def convert(ckpt: Checkpoint, modality: str, cfg: EncoderConfig, pad_id: int = F
     return Converted(dict(ckpt.state), {}, len(_block_ids(ckpt.state, "blocks.")), MMKD)
 
 
-def check_settings(converted: Converted, cfg: EncoderConfig, key: str, source: str) -> None:
-    """One :class:`DataError` naming every override the checkpoint needs (``key``: config path)."""
+# the settings that describe a checkpoint's embedding, not its blocks
+EMBED_SETTINGS = frozenset({"abs_pos", "image_size", "patch_size", "in_chans", "vocab_size",
+                            "learned_pos"})
+
+
+def check_settings(converted: Converted, cfg: EncoderConfig, key: str, source: str,
+                   ignore: frozenset = frozenset()) -> None:
+    """One :class:`DataError` naming every override the checkpoint needs (``key``: config path;
+    settings in ``ignore`` are not compared)."""
     wrong = []
     for name, want in converted.settings.items():
-        if name == "vocab_size" or not hasattr(cfg, name):  # vocab: the tokenizer's; shapes report it
+        if name in ignore or name == "vocab_size" or not hasattr(cfg, name):  # vocab: the tokenizer's
             continue
         have = getattr(cfg, name)
         if name == "layer_scale":
@@ -426,15 +433,21 @@ def check_settings(converted: Converted, cfg: EncoderConfig, key: str, source: s
                         f"set them in the preset or on the command line")
 
 
-def load_converted(encoder: Encoder, converted: Converted, source: str, key: str) -> Encoder:
-    """Copy converted weights into ``encoder``: every key, every shape, or one clear error."""
+def load_converted(encoder: Encoder, converted: Converted, source: str, key: str,
+                   keep: str = "") -> Encoder:
+    """Copy converted weights into ``encoder``: every key, every shape, or one clear error.
+    Weights under the ``keep`` prefix (e.g. ``embed.``) are neither loaded nor required."""
     own = encoder.state_dict()
+    if keep:
+        converted = Converted({k: v for k, v in converted.state.items() if not k.startswith(keep)},
+                              converted.settings, converted.available_blocks, converted.fmt)
     for name, value in converted.state.items():
         if name in own and own[name].shape != value.shape:
             raise DataError(f"{source}: {name} has shape {tuple(value.shape)} but the {key} encoder "
                             f"expects {tuple(own[name].shape)}; check {key}.dim/mlp_ratio/heads/"
                             f"patch_size/image_size/vocab_size/max_len against the checkpoint")
     missing, unexpected = encoder.load_state_dict(converted.state, strict=False)
+    missing = [k for k in missing if not (keep and k.startswith(keep))]
     if missing or unexpected:
         raise DataError(f"{source} does not fit the {key} encoder (missing {len(missing)} keys, e.g. "
                         f"{missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]}); check "

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from common.config import EncoderConfig
 from common.errors import DataError
-from common.models.converters import Checkpoint, load_pretrained, read_checkpoint
+from common.models.converters import (EMBED_SETTINGS, Checkpoint, check_settings, convert,
+                                      load_converted, load_pretrained, read_checkpoint)
 from common.models.encoder import Encoder
 from common.models.hub import hf_checkpoint, timm_checkpoint
 
@@ -44,3 +45,15 @@ def init_encoder(encoder: Encoder, cfg: EncoderConfig, modality: str) -> Encoder
         return encoder
     ckpt = open_checkpoint(cfg.init, cfg.init_weights, modality)
     return load_pretrained(encoder, ckpt, cfg, modality)
+
+
+def init_blocks(encoder: Encoder, cfg: EncoderConfig, modality: str, key: str) -> Encoder:
+    """Load only the first ``cfg.depth`` blocks (and final norm) of ``cfg.init`` into ``encoder``,
+    keeping its embedding: a student that shares another model's (frozen) embedding, e.g. the
+    vision-KD student on its BEiT v2 teacher's patch embedding, built from data2vec 2.0 blocks.
+    The blocks' architecture must match (one line naming the overrides otherwise)."""
+    ckpt = open_checkpoint(cfg.init, cfg.init_weights, key)
+    converted = convert(ckpt, modality, cfg, getattr(encoder.embed, "pad_id", 1))
+    check_settings(converted, cfg, key, ckpt.source, ignore=EMBED_SETTINGS)
+    load_converted(encoder, converted, ckpt.source, key, keep="embed.")
+    return encoder

@@ -51,6 +51,7 @@ from common.knn import KnnConfig, KnnSets
 from common.losses import kd_mse_loss
 from common.models.embed import ImageEmbed
 from common.models.encoder import Encoder, EncoderOutput, build_image_encoder
+from common.models.registry import init_blocks
 from common.models.teachers import build_teacher, teacher_report
 from common.paths import runs_dir
 from common.targets import layer_averaged_targets
@@ -195,6 +196,21 @@ def init_from_teacher(student: Encoder, teacher: Encoder) -> None:
         student.norm.load_state_dict(teacher.norm.state_dict())
 
 
+def init_student(cfg: VisionKdConfig, student: Encoder, teacher: Encoder) -> None:
+    """The student's starting blocks: random, the teacher's first blocks (``student_init=
+    teacher``) or those of a pretrained checkpoint (``student.init``, e.g. data2vec 2.0 blocks
+    under a BEiT v2 teacher, draft 003); the embedding is always the teacher's."""
+    if cfg.student_init not in ("random", "teacher"):
+        raise ConfigError(f"config error: student_init={cfg.student_init}; use random or teacher")
+    if cfg.student.init and cfg.student_init == "teacher":
+        raise ConfigError(f"config error: student.init={cfg.student.init} and student_init=teacher "
+                          f"both name the student's starting blocks; keep one")
+    if cfg.student.init:
+        init_blocks(student, cfg.student, "image", key="student")
+    elif cfg.student_init == "teacher":
+        init_from_teacher(student, teacher)
+
+
 def build_vit_teacher(cfg: VisionKdConfig) -> Encoder:
     """The frozen teacher; it must be a ViT :class:`Encoder` (its embedding is shared)."""
     teacher = build_teacher(cfg.teacher, cfg.data)
@@ -281,10 +297,7 @@ def run(cfg: VisionKdConfig) -> List[dict]:
     teacher = build_vit_teacher(cfg)
     cfg.shared_embed = shared_embed_settings(teacher.embed)
     model = build_model(cfg, embed=teacher.embed)
-    if cfg.student_init == "teacher":
-        init_from_teacher(model.image, teacher)
-    elif cfg.student_init != "random":
-        raise ConfigError(f"config error: student_init={cfg.student_init}; use random or teacher")
+    init_student(cfg, model.image, teacher)
     out_dir = run_folder(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher.to(device)
