@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from common.checkpoint import list_checkpoints
 from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig, TeacherConfig,
                            TextEncoderConfig, TrainConfig)
-from common.data.datasets import (ImageLabelSet, ImageTextPairs, RetrievalSet, TrainStream,
-                                  collate_image_text)
+from common.data.datasets import ImageLabelSet, RetrievalSet, collate_image_text
+from common.data.multi import image_text_stream
 from common.data.sources import dataset_name, open_source, prompt_templates
 from common.data.tokenizer import Tokenizer, build_tokenizer
 from common.data.transforms import eval_transform, train_transform
@@ -235,9 +235,10 @@ def train_multimodal(cfg: Any, model: MultimodalEncoder, losses: LossFn, teacher
     from common.train import fit  # the loop pulls in accelerate/deepspeed: only where it trains
 
     out_dir = run_folder(cfg, f"{cfg.run}-seed{cfg.train.seed}")
-    pairs = ImageTextPairs(open_source(cfg.data, "train"),
-                           train_transform(cfg.data.image_size, cfg.data.crop_scale, cfg.data.hflip))
-    result = fit(model, losses, TrainStream(pairs, seed=cfg.train.seed), cfg.train, out_dir,
+    stream = image_text_stream(open_source(cfg.data, "train"),
+                               train_transform(cfg.data.image_size, cfg.data.crop_scale, cfg.data.hflip),
+                               cfg.train.seed, cfg.train.batch_size)
+    result = fit(model, losses, stream, cfg.train, out_dir,
                  collate_fn=collate_image_text(tokenizer, cfg.data.max_text_len),
                  num_workers=cfg.data.num_workers, frozen=[teacher] if teacher is not None else [])
     model.eval()

@@ -478,3 +478,32 @@ def test_imagenet_from_hugging_face_parquet_is_exported_into_class_folders(tmp_p
     val = open_source(real(tmp_path / "root"), "imagenet_val")
     assert val.files == ["val/n01443537/b.JPEG"] and val.label(0) == 1
     assert val.image(0).getpixel((0, 0))[1] > 150
+
+
+def test_chapters_train_on_one_dataset_per_batch(tmp_path, monkeypatch):
+    """Chapters 3-5 (and SHRe, same call) turn the real training mix into a RoundRobinStream."""
+    from common import experiment
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def no_training(model, losses, stream, *args, **kwargs):
+        seen["stream"] = stream
+        raise Stop
+
+    write_coco(tmp_path)
+    prepare(["coco", "--root", str(tmp_path)])
+    cfg = DataConfig(source="real", root=str(tmp_path), train_sets=["coco", "coco"], image_size=16)
+    monkeypatch.setattr("common.train.fit", no_training)
+
+    class Cfg:
+        data, chapter, run = cfg, "ssa", "probe"
+        train = type("T", (), {"seed": 0, "batch_size": 4})()
+
+    monkeypatch.setattr(experiment, "run_folder", lambda *a: tmp_path / "run")
+    with pytest.raises(Stop):
+        experiment.train_multimodal(Cfg, None, None, None, None, build_tokenizer(DataConfig()),
+                                    model_name="m", results_file="r")
+    assert isinstance(seen["stream"], RoundRobinStream)

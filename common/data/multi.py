@@ -9,12 +9,14 @@ so in-batch ITC negatives come from one distribution). Two forms:
   items follow a :class:`common.data.datasets.TrainStream` with a seed derived from
   ``(seed, j)``. Item ``k`` is a pure function of ``(seed, k)``, so resuming at a step
   reproduces the batches, exactly as with a single ``TrainStream``.
-- :class:`RoundRobinSource`: the same mix as one :class:`common.data.datasets.DataSource`
-  (index ``i`` is an item of source ``i % n``), so code that takes one source (e.g. a
-  ``TrainStream`` over :class:`ImageTextPairs`) gets equal shares with items interleaved.
+- :class:`RoundRobinSource`: the datasets as one :class:`common.data.datasets.DataSource`
+  (index ``i`` is an item of source ``i % n``): what ``open_source(cfg, "train")`` returns
+  for several ``data.train_sets``.
 
-:func:`image_text_stream` picks the right stream for whatever ``open_source(cfg, "train")``
-returned.
+Every chapter trains through :func:`image_text_stream`, which turns a
+:class:`RoundRobinSource` into a :class:`RoundRobinStream` (one dataset per batch: the
+thesis's "COCO and Conceptual Captions in a round-robin fashion", read as VLMo/BEiT-3 do)
+and anything else (the tiny presets' synthetic world) into a plain ``TrainStream``.
 """
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ from common.bench import BenchCase, synthetic_image_text_batch
 from common.cli import main
 from common.config import (ConfigError, DataConfig, EvalConfig, ImageEncoderConfig, TeacherConfig,
                            TextEncoderConfig, TrainConfig, parse_cli)
-from common.data.datasets import ImageTextPairs, TrainStream, collate_image_text
+from common.data.datasets import collate_image_text
+from common.data.multi import image_text_stream
 from common.data.sources import open_source
 from common.data.tokenizer import build_tokenizer
 from common.data.transforms import train_transform
@@ -118,12 +119,13 @@ def run(cfg: ShreConfig) -> List[dict]:
     out_dir = run_folder(cfg)
     model = build_model(cfg, tokenizer.pad_id)
 
-    pairs = ImageTextPairs(train_source, train_transform(cfg.data.image_size, cfg.data.crop_scale,
-                                                         cfg.data.hflip))
+    stream = image_text_stream(train_source, train_transform(cfg.data.image_size, cfg.data.crop_scale,
+                                                             cfg.data.hflip),
+                               cfg.train.seed, cfg.train.batch_size)
     result = fit(
         model,
         lambda m, batch: shre_losses(m, teacher, batch, cfg.kd_weight, cfg.itc_weight),
-        TrainStream(pairs, seed=cfg.train.seed), cfg.train, out_dir,
+        stream, cfg.train, out_dir,
         collate_fn=collate_image_text(tokenizer, cfg.data.max_text_len),
         num_workers=cfg.data.num_workers,
         evaluate=lambda m, step: evals.zero_shot_metrics(m, tokenizer),
