@@ -75,8 +75,10 @@ class DataConfig:
     tokenizer: str = "synthetic-bpe"  # synthetic-bpe | gpt2 | path to a tokenizer.json
     vocab_size: int = 1024  # synthetic-bpe only
     train_size: int = 100_000  # synthetic only: number of distinct training images
-    coco_test_size: int = 5000  # synthetic only: COCO-like test images (5 captions each)
-    flickr_test_size: int = 1000  # synthetic only: shifted Flickr-like test images
+    # test images: synthetic, how many the world draws; real, the first N of the Karpathy test
+    # split (quick checks; results then name the set e.g. coco5k-first1000)
+    coco_test_size: int = 5000
+    flickr_test_size: int = 1000
     num_workers: int = 0
     # real only: prepared image-text sets under data.root mixed round-robin for training
     # (coco | cc3m | visual_genome; see common.data.multi)

@@ -250,6 +250,16 @@ def test_coco_karpathy_splits_counts_and_captions(root):
     assert dataset_name(real(root), "coco_test") == "coco5k"
 
 
+def test_coco_test_size_keeps_the_first_images_and_names_the_subset(root):
+    test = open_source(real(root, coco_test_size=1), "coco_test")
+    full = open_source(real(root), "coco_test")
+    assert len(test) == 1 and test.captions(0) == full.captions(0)
+    assert RetrievalSet(test, eval_transform(8)).text_image_ids.tolist() == [0] * 4
+    assert dataset_name(real(root, coco_test_size=1), "coco_test") == "coco5k-first1"
+    with pytest.raises(IndexError):
+        test.image(1)
+
+
 def test_flickr_test_split_and_caption_cleaning(root):
     test = open_source(real(root), "flickr_test")
     assert len(test) == 2 and manifest(root, "flickr30k")["splits"]["train"]["count"] == 1

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from common.config import DataConfig
 from common.data.cc3m import open_cc3m
 from common.data.cifar import CifarSource
 from common.data.coco import open_karpathy
 from common.data.datasets import DataSource
+from common.data.transforms import ImageLike
 from common.data.imagenet import open_imagenet
 from common.data.imagenet_classes import TEMPLATES as CLIP_TEMPLATES
 from common.data.multi import RoundRobinSource
@@ -48,6 +49,9 @@ REAL_ROLES: Dict[str, Tuple[str, str, str]] = {
     "knn_train": ("cifar", "cifar", "train"),
     "knn_test": ("cifar", "cifar", "test"),
 }
+# real test sets that data.coco_test_size / data.flickr_test_size cut to their first images
+# (quick checks; the published protocols use all of them: 5,000 / 1,000)
+TEST_SIZES = {"coco_test": ("coco_test_size", 5000), "flickr_test": ("flickr_test_size", 1000)}
 SYNTHETIC_NAMES = {"train": "syn-train", "coco_test": "syn-coco", "flickr_test": "syn-flickr",
                    "imagenet_val": "syn-imagenet", "knn_train": "syn-knn", "knn_test": "syn-knn"}
 
@@ -70,7 +74,44 @@ def dataset_name(cfg: DataConfig, role: str) -> str:
         return SYNTHETIC_NAMES.get(role, role)
     if role == "train":
         return "+".join(cfg.train_sets)
-    return REAL_ROLES[role][0] if role in REAL_ROLES else role
+    name = REAL_ROLES[role][0] if role in REAL_ROLES else role
+    size = _test_size(cfg, role)
+    return f"{name}-first{size}" if size else name
+
+
+def _test_size(cfg: DataConfig, role: str) -> int:
+    """How many images of a real test set to keep (0 = all, the published protocol)."""
+    key, full = TEST_SIZES.get(role, ("", 0))
+    size = getattr(cfg, key, 0) if key else 0
+    return size if 0 < size < full else 0
+
+
+class FirstImages:
+    """The first ``size`` images of a source, with their captions and labels."""
+
+    def __init__(self, source: DataSource, size: int) -> None:
+        self.source, self.size = source, min(size, len(source))
+        self.classnames = source.classnames
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        return f"FirstImages({self.source!r}, {self.size})"
+
+    def image(self, index: int) -> ImageLike:
+        return self.source.image(self._check(index))
+
+    def captions(self, index: int) -> Sequence[str]:
+        return self.source.captions(self._check(index))
+
+    def label(self, index: int) -> int:
+        return self.source.label(self._check(index))
+
+    def _check(self, index: int) -> int:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return index
 
 
 def prompt_templates(cfg: DataConfig) -> List[str]:
@@ -99,7 +140,9 @@ def open_source(cfg: DataConfig, role: str, label: str = "fine") -> DataSource:
         raise DataError(f"no real dataset plays the role '{role}'; choose one of "
                         f"{sorted(REAL_ROLES) + ['train']}")
     _, name, split = REAL_ROLES[role]
-    return _open_real(cfg, name, split, role, label)
+    source = _open_real(cfg, name, split, role, label)
+    size = _test_size(cfg, role)
+    return FirstImages(source, size) if size else source
 
 
 def _open_real(cfg: DataConfig, name: str, split: str, role: str, label: str) -> DataSource:
