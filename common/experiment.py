@@ -226,12 +226,15 @@ def prepare_distillation(cfg: Any) -> Tuple[EvalSets, Tokenizer, Optional[nn.Mod
 
 def train_multimodal(cfg: Any, model: MultimodalEncoder, losses: LossFn, teacher: Optional[nn.Module],
                      evals: EvalSets, tokenizer: Tokenizer, *, model_name: str,
-                     results_file: str) -> List[Dict[str, Any]]:
+                     results_file: str, reference_rows: Sequence[Dict[str, Any]] = ()
+                     ) -> List[Dict[str, Any]]:
     """Train a :class:`~common.models.multimodal.MultimodalEncoder` on the image-text pairs
     of ``cfg.data`` with ``losses`` (``fit``'s loss function), then evaluate it
     (:meth:`EvalSets.alignment_rows`, plus a zero-shot row when ``cfg.eval.zero_shot`` is set)
     and append the rows to ``results/<chapter>/<results_file>.csv`` at once, so a later
-    failure keeps them. One seed of one variant: ``runs/<chapter>/<run>-seed<k>/``."""
+    failure keeps them. ``reference_rows`` (e.g. the teacher's own kNN, measured before
+    training) are written in the same append, ahead of the student's, so a run that fails
+    leaves no rows without their student. One seed of one variant: ``runs/<chapter>/<run>-seed<k>/``."""
     from common.train import fit  # the loop pulls in accelerate/deepspeed: only where it trains
 
     out_dir = run_folder(cfg, f"{cfg.run}-seed{cfg.train.seed}")
@@ -248,8 +251,8 @@ def train_multimodal(cfg: Any, model: MultimodalEncoder, losses: LossFn, teacher
     if evals.zero_shot is not None:
         zs = evals.zero_shot_metrics(model, tokenizer)
         rows.append({**meta, "dataset": dataset_name(cfg.data, cfg.eval.zero_shot), **zs})
-    write_rows(cfg.chapter, results_file, rows)
-    return rows
+    write_rows(cfg.chapter, results_file, [*reference_rows, *rows])
+    return [*reference_rows, *rows]
 
 
 def run_meta(cfg: Any, model: nn.Module, *, model_name: str, teacher: str, steps: int,

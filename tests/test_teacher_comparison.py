@@ -82,3 +82,19 @@ def test_tiny_run_every_teacher_writes_teacher_and_student_rows_and_the_figure(m
                          "--only", "teacher_comparison", "--out", str(tmp_path)])
     assert [p.name for p in written] == ["teacher_comparison.png", "teacher_comparison.pdf"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_a_student_that_fails_leaves_no_orphan_teacher_rows(monkeypatch):
+    import common.train
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(common.train, "fit", killed)
+    cfg = parse_cli(teachers.TeacherComparisonConfig, CHAPTER, FEW_STEPS + ["only=[tiny-cnn]"])
+    with pytest.raises(Killed):
+        teachers.run(cfg)
+    assert not (Path(os.environ["MMKD_RESULTS"]) / "teacher_comparison").exists()

@@ -41,8 +41,7 @@ from common.alignment import (AlignedChapterConfig, alignment_bench_case, alignm
 from common.bench import BenchCase
 from common.cli import main
 from common.config import parse_cli
-from common.experiment import (NO_TEACHER, markdown_table, prepare_distillation, train_multimodal,
-                               write_rows)
+from common.experiment import NO_TEACHER, markdown_table, prepare_distillation, train_multimodal
 from common.knn import KnnConfig, KnnSets
 from common.models.multimodal import HeadConfig
 from common.models.teachers import teacher_embedding
@@ -80,17 +79,17 @@ def teacher_rows(cfg: TeacherComparisonConfig, teacher: nn.Module) -> List[dict]
 def run_variant(variant: Variant, cfg: TeacherComparisonConfig, results_file: str,
                 judge_teacher: bool) -> List[dict]:
     """Judge the variant's teacher (``judge_teacher``: once per teacher, it does not change
-    with the student's seed), then train and evaluate the student; rows are written as soon
-    as each part is done."""
+    with the student's seed), then train and evaluate the student; both sets of rows are
+    written together once the student is evaluated."""
     torch.manual_seed(cfg.train.seed)
     evals, tokenizer, teacher = prepare_distillation(cfg)  # fills vocab size and teacher width
-    if teacher is not None and judge_teacher:
-        write_rows(cfg.chapter, results_file, teacher_rows(cfg, teacher))
+    judged = teacher_rows(cfg, teacher) if teacher is not None and judge_teacher else []
     model = build_model(cfg, tokenizer.pad_id)
     return train_multimodal(
         cfg, model, lambda m, batch: alignment_losses(m, teacher, batch, cfg.align, cfg.align_weight,
                                                       cfg.cos_margin),
-        teacher, evals, tokenizer, model_name=variant.model, results_file=results_file)
+        teacher, evals, tokenizer, model_name=variant.model, results_file=results_file,
+        reference_rows=judged)
 
 
 def run(cfg: TeacherComparisonConfig) -> List[dict]:
