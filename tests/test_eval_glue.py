@@ -159,3 +159,16 @@ def test_synthetic_stand_ins_are_deterministic_and_balanced():
     assert sorted({e.label for e in shape_train}) == list(range(10))
     task, train, dev = load_task("syn-shape", DataConfig(train_size=1000))
     assert task.labels[0] == "circle" and list(dev) == ["dev"] and train[0].text_b is None
+
+
+def test_prepare_glue_offline_is_one_line(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'glue' on the Hub (LocalEntryNotFoundError)\nmore")
+
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = offline
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    with pytest.raises(DataError, match=r"could not get GLUE cola/train .*ConnectionError: "
+                                        r"Couldn't reach .*copy the original GLUE tsv files into") as err:
+        prepare_glue(tmp_path, ["cola"])
+    assert "\n" not in str(err.value)

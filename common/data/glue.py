@@ -28,7 +28,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -310,7 +310,7 @@ def prepare_glue(root: Union[str, Path], tasks: Sequence[str] = tuple(GLUE_TASKS
         folder = out / task.folder
         folder.mkdir(parents=True, exist_ok=True)
         for split in ("train", *task.dev_splits):
-            rows = datasets.load_dataset("glue", config, split=hf_splits[split])
+            rows = _load_hf_split(datasets, config, hf_splits[split], folder)
             path = folder / f"{split}.tsv"
             tmp = path.with_suffix(".tsv.tmp")
             lines = [] if task.positions is not None else ["\t".join(task.columns)]
@@ -324,6 +324,17 @@ def prepare_glue(root: Union[str, Path], tasks: Sequence[str] = tuple(GLUE_TASKS
             tmp.replace(path)
             log.info("wrote %s (%d examples)", path, len(rows))
     return out
+
+
+def _load_hf_split(datasets: Any, config: str, split: str, folder: Path) -> Any:
+    """One split of Hugging Face's ``glue`` dataset; no network (or no cache) is one line."""
+    try:
+        return datasets.load_dataset("glue", config, split=split)
+    except Exception as err:  # ConnectionError, hub errors, offline-mode misses: all mean "not here"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DataError(f"could not get GLUE {config}/{split} from the Hugging Face hub "
+                        f"({type(err).__name__}: {first[:200]}); run this once with internet (it "
+                        f"is cached), or copy the original GLUE tsv files into {folder}") from None
 
 
 def _clean(text: str) -> str:
