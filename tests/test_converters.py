@@ -136,8 +136,9 @@ def image_cfg(**kw):
 @pytest.mark.parametrize("depth", [DEPTH, 2])
 def test_data2vec2_image_matches_fairseq(d2v_image, depth, caplog):
     path, sd = d2v_image
+    caplog.set_level("INFO")
     ckpt = read_checkpoint(path)
-    assert "UNPICKLING third-party file" in caplog.text  # the fairseq config needs real unpickling
+    assert "restricted unpickler" in caplog.text  # the fairseq config is not weights_only
     assert ckpt.model_cfg["num_heads"] == H
     cfg = image_cfg(depth=depth)
     encoder = build_image_encoder(cfg)
@@ -405,3 +406,24 @@ def test_hf_teacher_from_a_saved_folder_offline(tmp_path, monkeypatch):
         out = teacher(images, return_layers=True)
         torch.testing.assert_close(out.x, vit(pixel_values=images).last_hidden_state)
     assert len(out.layers) == 2 and out.cls.shape == (2, D)
+
+
+class _Payload:
+    """Pickles as a call of ``Path.touch(marker)``: what a malicious file would do with os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+        return Path.touch, (Path(self.marker),)
+
+
+def test_a_checkpoint_with_a_code_payload_loads_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    sd = {"modality_encoders.IMAGE.extra_tokens": torch.zeros(1, 1, D)}
+    torch.save({"model": sd, "cfg": {"model": {"num_heads": H}}, "evil": _Payload(marker)},
+               tmp_path / "evil.pt")
+    ckpt = read_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    assert set(ckpt.state) == set(sd) and ckpt.model_cfg == {"num_heads": H}

@@ -517,3 +517,18 @@ def test_chapters_train_on_one_dataset_per_batch(tmp_path, monkeypatch):
         experiment.train_multimodal(Cfg, None, None, None, None, build_tokenizer(DataConfig()),
                                     model_name="m", results_file="r")
     assert isinstance(seen["stream"], RoundRobinStream)
+
+
+def test_a_cifar_batch_with_a_code_payload_is_refused_without_running_it(tmp_path):
+    from pathlib import Path
+
+    from common.data.cifar import _unpickle
+
+    class Payload:
+        def __reduce__(self):
+            return Path.touch, (tmp_path / "pwned",)
+
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": Payload(), b"labels": [1]}))
+    with pytest.raises(DataError, match="is corrupt .*pathlib.*not allowed"):
+        _unpickle(tmp_path / "data_batch_1")
+    assert not (tmp_path / "pwned").exists()

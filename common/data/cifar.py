@@ -24,6 +24,7 @@ import numpy as np
 
 from common.data.manifest import finished, require_manifest, write_manifest
 from common.errors import DataError
+from common.safe_pickle import load_arrays
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _unpickle(path: Path) -> dict:
     # the batches were pickled by Python 2: byte-string keys, latin1 for any str payloads
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return load_arrays(f, encoding="bytes")  # nothing but arrays: no code from the file runs
     except FileNotFoundError:
         raise DataError(f"CIFAR batch {path} is missing; extract the archive again") from None
     except (pickle.UnpicklingError, EOFError, ValueError) as err:

@@ -32,7 +32,6 @@ import logging
 import math
 import pickle
 import re
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -45,6 +44,7 @@ from torch import Tensor
 from common.config import EncoderConfig, ImageEncoderConfig, TextEncoderConfig
 from common.errors import DataError
 from common.models.encoder import Encoder, build_image_encoder, build_text_encoder
+from common.safe_pickle import checkpoint_pickle
 
 log = logging.getLogger(__name__)
 
@@ -76,33 +76,10 @@ class Converted:
 
 
 # ----------------------------------------------------------------------------- reading files
-class _Missing:
-    """Stands in for a pickled object whose class is not installed here (fairseq's config
-    dataclasses and enums): the weights next to it still load."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return type(name, (_Missing,), {"__module__": module})
-
-
-_lenient_pickle = types.ModuleType("mmkd_lenient_pickle")
-_lenient_pickle.Unpickler = _LenientUnpickler  # type: ignore[attr-defined]
-_lenient_pickle.load = lambda f, **kw: _LenientUnpickler(f, **kw).load()  # type: ignore[attr-defined]
-
-
 def _unpickle(path: Path) -> Any:
-    """``torch.load`` a third-party file: safely if it holds only tensors and containers,
-    else (fairseq configs, argparse namespaces) by unpickling it, which runs code from the file."""
+    """``torch.load`` a third-party file: with ``weights_only=True`` if it holds only tensors
+    and containers, else (fairseq configs, argparse namespaces, enums) through
+    :mod:`common.safe_pickle`, which resolves only plain-data globals: nothing in the file runs."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -110,11 +87,10 @@ def _unpickle(path: Path) -> Any:
     except Exception as err:
         raise DataError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''}); download it again") from None
-    log.warning("UNPICKLING third-party file %s with torch.load(weights_only=False): it holds "
-                "non-tensor objects (e.g. a fairseq config); only do this with files from a source "
-                "you trust (the official data2vec / BEiT releases)", path)
+    log.info("%s holds non-tensor objects (e.g. a fairseq config): reading it with a restricted "
+             "unpickler (plain data only, no code from the file runs)", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=checkpoint_pickle)
     except Exception as err:
         raise DataError(f"could not unpickle {path} ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''}); re-save its weights "
