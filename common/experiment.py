@@ -252,7 +252,7 @@ def train_multimodal(cfg: Any, model: MultimodalEncoder, losses: LossFn, teacher
         zs = evals.zero_shot_metrics(model, tokenizer)
         rows.append({**meta, "dataset": dataset_name(cfg.data, cfg.eval.zero_shot), **zs})
     write_rows(cfg.chapter, results_file, [*reference_rows, *rows])
-    return [*reference_rows, *rows]
+    return rows
 
 
 def run_meta(cfg: Any, model: nn.Module, *, model_name: str, teacher: str, steps: int,
