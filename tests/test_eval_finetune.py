@@ -8,9 +8,9 @@ import torch
 from common.config import DataConfig, ImageEncoderConfig, TrainConfig
 from common.data.sources import synthetic_world
 from common.errors import UserError
-from common.finetune import (AugmentedImages, EncoderClassifier, FinetuneConfig, image_head,
-                             layer_decay_param_groups, resolve_config, topk_accuracy,
-                             train_image_transform)
+from common.finetune import (AugmentedImages, EncoderClassifier, FinetuneConfig,
+                             classifier_setup, image_head, layer_decay_param_groups,
+                             resolve_config, topk_accuracy, train_image_transform)
 from common.models import build_image_encoder
 from common.optim import build_optimizer
 
@@ -46,6 +46,31 @@ def test_layer_decay_learning_rates_match_the_thesis_table_for_six_blocks():
     lrs = [lr_by_layer[layer].pop() for layer in range(8)]
     assert lrs == pytest.approx([1e-3 * 0.81 ** (7 - layer) for layer in range(8)])
     assert [float(f"{lr:.1e}") for lr in lrs] == THESIS_LR_TABLE  # the table, 2 significant digits
+
+
+def frozen_embed_encoder(depth=6):
+    """A tower as the chapters leave it: ``freeze_embed`` on (chapter 3-5 configs)."""
+    return build_image_encoder(ImageEncoderConfig(dim=16, depth=depth, heads=2, image_size=16,
+                                                  patch_size=8, freeze_embed=True))
+
+
+def test_full_finetuning_trains_a_frozen_embedding_at_layer_zeros_lr():
+    encoder = frozen_embed_encoder(6)
+    cfg = FinetuneConfig(mode="full")
+    model, frozen, groups = classifier_setup(encoder, image_head(16, 10), "mean", cfg)
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-3), groups)
+    embed = {id(p) for p in model.encoder.embed.parameters()}
+    lrs = {g["lr"] for g in optimizer.param_groups if embed & {id(p) for p in g["params"]}}
+    assert frozen == [] and not model.encoder.freeze_embed
+    assert list(lrs) == [pytest.approx(1e-3 * 0.81 ** 7)]  # 2.3e-4, THESIS.md's layer 0
+    assert sum(len(embed & {id(p) for p in g["params"]}) for g in groups) == len(embed)
+    assert all(not p.requires_grad for p in encoder.embed.parameters())  # caller's copy
+
+
+def test_linear_probe_trains_only_the_head():
+    model, frozen, groups = classifier_setup(frozen_embed_encoder(2), image_head(16, 3), "mean",
+                                             FinetuneConfig(mode="linear"))
+    assert frozen == [model.encoder] and len([p for g in groups for p in g["params"]]) == 4
 
 
 def test_frozen_encoder_is_left_out_of_the_groups():
