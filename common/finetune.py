@@ -130,16 +130,29 @@ def text_head(dim: int, num_outputs: int, dropout: float) -> nn.Sequential:
                          nn.Linear(dim, num_outputs))
 
 
-def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float,
-                             no_weight_decay: Sequence[str] = ()) -> List[Dict[str, Any]]:
+# BEiT v2 / MAE / data2vec fine-tune without weight decay on these (timm's
+# ``no_weight_decay()``): shrinking the CLS token or the positions toward 0 only erases
+# what pretraining learned, there is nothing to regularize.
+NO_WEIGHT_DECAY = ("cls_token", "pos_embed")
+
+
+def no_weight_decay_names(model: nn.Module) -> List[str]:
+    """Full names of ``model``'s parameters whose last part is in :data:`NO_WEIGHT_DECAY`
+    (timm's grouping matches whole names, e.g. ``encoder.embed.cls_token``)."""
+    return [name for name, _ in model.named_parameters()
+            if name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY]
+
+
+def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float
+                             ) -> List[Dict[str, Any]]:
     """AdamW groups with ``lr_scale = layer_decay^(L+1-l)`` (timm's ``param_groups_layer_decay``).
 
     ``model`` needs a ``group_matcher`` (as :class:`EncoderClassifier`). 1-d parameters and
-    names in ``no_weight_decay`` get no weight decay; frozen parameters are left out.
+    :func:`no_weight_decay_names` get no weight decay; frozen parameters are left out.
     :func:`common.train.fit` multiplies each group's ``lr_scale`` into the scheduled lr.
     """
     return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay,
-                                    no_weight_decay_list=list(no_weight_decay))
+                                    no_weight_decay_list=no_weight_decay_names(model))
 
 
 def finetunable(encoder: Encoder) -> Encoder:
