@@ -35,6 +35,9 @@ class EncoderConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     layer_norm_first: bool = False  # data2vec 2.0 blocks are post-norm
+    # pre-norm only: a LayerNorm after the last block (unilm BEiT v2); timm's avg-pool
+    # BEiT v2 (fc_norm after pooling) has none, so its CLS output is the last block's
+    final_norm: bool = True
     norm_eps: float = 1e-6
     drop_path: float = 0.0
     dropout: float = 0.0

@@ -130,16 +130,54 @@ def text_head(dim: int, num_outputs: int, dropout: float) -> nn.Sequential:
                          nn.Linear(dim, num_outputs))
 
 
-def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float,
-                             no_weight_decay: Sequence[str] = ()) -> List[Dict[str, Any]]:
+# BEiT v2 / MAE / data2vec fine-tune without weight decay on these (timm's
+# ``no_weight_decay()``): shrinking the CLS token or the positions toward 0 only erases
+# what pretraining learned, there is nothing to regularize.
+NO_WEIGHT_DECAY = ("cls_token", "pos_embed")
+
+
+def no_weight_decay_names(model: nn.Module) -> List[str]:
+    """Full names of ``model``'s parameters whose last part is in :data:`NO_WEIGHT_DECAY`
+    (timm's grouping matches whole names, e.g. ``encoder.embed.cls_token``)."""
+    return [name for name, _ in model.named_parameters()
+            if name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY]
+
+
+def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float
+                             ) -> List[Dict[str, Any]]:
     """AdamW groups with ``lr_scale = layer_decay^(L+1-l)`` (timm's ``param_groups_layer_decay``).
 
     ``model`` needs a ``group_matcher`` (as :class:`EncoderClassifier`). 1-d parameters and
-    names in ``no_weight_decay`` get no weight decay; frozen parameters are left out.
+    :func:`no_weight_decay_names` get no weight decay; frozen parameters are left out.
     :func:`common.train.fit` multiplies each group's ``lr_scale`` into the scheduled lr.
     """
     return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay,
-                                    no_weight_decay_list=list(no_weight_decay))
+                                    no_weight_decay_list=no_weight_decay_names(model))
+
+
+def finetunable(encoder: Encoder) -> Encoder:
+    """A copy of ``encoder`` whose embedding trains too: full fine-tuning tunes every layer,
+    the embedding as layer 0 of the layer-decay table (THESIS.md chapter 1: lr 2.3e-4 for
+    L=6), even when the chapter that trained it froze the embedding (``freeze_embed``).
+    The caller's encoder is left untouched."""
+    out = copy.deepcopy(encoder)
+    out.freeze_embed = False
+    out.embed.requires_grad_(True)
+    return out
+
+
+def classifier_setup(encoder: Encoder, head: nn.Module, pool: str, cfg: FinetuneConfig
+                     ) -> tuple[EncoderClassifier, List[nn.Module], List[Dict[str, Any]]]:
+    """The model, frozen modules and optimizer groups of one fine-tuning run on a copy of
+    ``encoder``: full fine-tuning trains all of it (:func:`finetunable`), a linear probe
+    freezes all of it and trains only ``head``."""
+    linear = cfg.mode == "linear"
+    model = EncoderClassifier(copy.deepcopy(encoder) if linear else finetunable(encoder),
+                              head, pool=pool)
+    frozen = [model.encoder] if linear else []
+    for module in frozen:
+        module.requires_grad_(False)
+    return model, frozen, layer_decay_param_groups(model, cfg.train.weight_decay, cfg.layer_decay)
 
 
 def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
@@ -227,12 +265,8 @@ def finetune_classifier(encoder: Encoder, train_source: DataSource, val_source: 
         raise ConfigError(f"config error: mixup/cutmix need an even batch size, got "
                           f"train.batch_size={cfg.train.batch_size}")
     size = image_size or encoder.embed.patch_embed.img_size[0]
-    encoder = copy.deepcopy(encoder)
-    model = EncoderClassifier(encoder, image_head(encoder.dim, num_classes), pool="mean")
-    frozen = [model.encoder] if cfg.mode == "linear" else []
-    for module in frozen:
-        module.requires_grad_(False)
-    groups = layer_decay_param_groups(model, cfg.train.weight_decay, cfg.layer_decay)
+    model, frozen, groups = classifier_setup(encoder, image_head(encoder.dim, num_classes),
+                                             "mean", cfg)
 
     mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                    switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing,
@@ -303,13 +337,8 @@ def finetune_text_classifier(encoder: Encoder, tokenizer: Tokenizer, task: GlueT
     if not train or not all(dev.values()):
         raise ConfigError(f"config error: task {task.name} has an empty train or dev split")
     regression = task.labels is None
-    encoder = copy.deepcopy(encoder)
-    model = EncoderClassifier(encoder, text_head(encoder.dim, task.num_outputs, cfg.head_dropout),
-                              pool="cls")
-    frozen = [model.encoder] if cfg.mode == "linear" else []
-    for module in frozen:
-        module.requires_grad_(False)
-    groups = layer_decay_param_groups(model, cfg.train.weight_decay, cfg.layer_decay)
+    model, frozen, groups = classifier_setup(
+        encoder, text_head(encoder.dim, task.num_outputs, cfg.head_dropout), "cls", cfg)
     criterion: nn.Module = (nn.MSELoss() if regression
                             else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
 

@@ -9,18 +9,21 @@ CIFAR-10 / its 10 shapes). Used to judge a distilled student (chapter 1) and a t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Hashable, List, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from common.config import ConfigError, DataConfig
-from common.data.datasets import ImageLabelSet
+from common.data.datasets import DataSource, ImageLabelSet
 from common.data.sources import dataset_name, open_source
 from common.data.transforms import eval_transform
 from common.evaluation import embed_images
 from common.retrieval import knn_topk_accuracies
+
+
+REVERSE_NOTE = "test split as bank, train split as queries"
 
 
 @dataclass
@@ -37,42 +40,68 @@ def _first(dataset: Dataset, size: int) -> Dataset:
     return Subset(dataset, range(size)) if 0 < size < len(dataset) else dataset
 
 
+def images_key(source: DataSource) -> Hashable:
+    """What identifies ``source``'s images (not its labels): two label sets with the same key
+    share one embedding. The synthetic world's fine and coarse splits are the same scenes,
+    CIFAR-100 and CIFAR-10 are different image files; a source without ``images_key`` is
+    embedded on its own."""
+    return getattr(source, "images_key", id(source))
+
+
+@dataclass
+class _LabelSet:
+    """One label set's bank and queries with their labels and what identifies their images."""
+
+    bank: Dataset
+    queries: Dataset
+    bank_labels: Tensor
+    query_labels: Tensor
+    images: Hashable
+
+
 class KnnSets:
     """The chapter's kNN validation: images of ``knn_train`` (bank) and ``knn_test``
-    (queries) are embedded once per evaluation and scored against every label set of
-    ``knn.labels``, in both directions. Keys: ``knn<C>_top<k>`` and ``knn<C>_rev_top<k>``
-    (C = the number of classes: 100 / 10, as CIFAR-100 / CIFAR-10)."""
+    (queries) of every label set of ``knn.labels`` are embedded once per evaluation (once
+    for label sets that are the same images, see :func:`images_key`) and scored in both
+    directions. Keys: ``knn<C>_top<k>`` and ``knn<C>_rev_top<k>`` (C = the number of
+    classes: 100 / 10, as CIFAR-100 / CIFAR-10)."""
 
     def __init__(self, data: DataConfig, knn: KnnConfig, batch_size: int):
         if not knn.labels:
             raise ConfigError("config error: knn.labels is empty; use [fine], [coarse] or both")
         transform = eval_transform(data.image_size)
         self.data, self.batch_size, self.num_workers = data, batch_size, data.num_workers
-        self.bank = _first(ImageLabelSet(open_source(data, "knn_train"), transform), knn.bank_size)
-        self.queries = _first(ImageLabelSet(open_source(data, "knn_test"), transform),
-                              knn.query_size)
-        self.labels: Dict[str, Tuple[Tensor, Tensor]] = {}  # "knn100" -> (bank, query labels)
+        self.sets: Dict[str, _LabelSet] = {}  # "knn100" -> its bank and queries
         self.names: Dict[str, str] = {}  # "knn100" -> dataset name in the result rows
         for label in knn.labels:
-            bank = open_source(data, "knn_train", label)
-            queries = open_source(data, "knn_test", label)
-            key = f"knn{len(bank.classnames)}"
-            self.labels[key] = (torch.tensor([bank.label(i) for i in range(len(self.bank))]),
-                                torch.tensor([queries.label(i) for i in range(len(self.queries))]))
-            self.names[key] = f"{dataset_name(data, 'knn_test')}{len(bank.classnames)}"
+            bank_source = open_source(data, "knn_train", label)
+            query_source = open_source(data, "knn_test", label)
+            bank = _first(ImageLabelSet(bank_source, transform), knn.bank_size)
+            queries = _first(ImageLabelSet(query_source, transform), knn.query_size)
+            key = f"knn{len(bank_source.classnames)}"
+            self.sets[key] = _LabelSet(
+                bank, queries, torch.tensor([bank_source.label(i) for i in range(len(bank))]),
+                torch.tensor([query_source.label(i) for i in range(len(queries))]),
+                (images_key(bank_source), images_key(query_source)))
+            self.names[key] = f"{dataset_name(data, 'knn_test')}{len(bank_source.classnames)}"
 
     @torch.no_grad()
     def metrics(self, encode_image: Callable[[Tensor], Tensor],
                 device: torch.device) -> Dict[str, float]:
         """kNN top-1/top-3 (percent) of ``encode_image`` for every label set and direction."""
-        bank, _ = embed_images(encode_image, self.bank, device, self.batch_size, self.num_workers)
-        queries, _ = embed_images(encode_image, self.queries, device, self.batch_size,
-                                  self.num_workers)
+        embedded: Dict[Hashable, Tuple[Tensor, Tensor]] = {}
         out = {}
-        for key, (bank_labels, query_labels) in self.labels.items():
-            for name, acc in knn_topk_accuracies(queries, query_labels, bank, bank_labels).items():
+        for key, sets in self.sets.items():
+            if sets.images not in embedded:
+                embedded[sets.images] = tuple(
+                    embed_images(encode_image, images, device, self.batch_size,
+                                 self.num_workers)[0] for images in (sets.bank, sets.queries))
+            bank, queries = embedded[sets.images]
+            for name, acc in knn_topk_accuracies(queries, sets.query_labels, bank,
+                                                 sets.bank_labels).items():
                 out[f"{key}_{name}"] = round(acc, 2)
-            for name, acc in knn_topk_accuracies(bank, bank_labels, queries, query_labels).items():
+            for name, acc in knn_topk_accuracies(bank, sets.bank_labels, queries,
+                                                 sets.query_labels).items():
                 out[f"{key}_rev_{name}"] = round(acc, 2)
         return out
 
@@ -85,5 +114,5 @@ class KnnSets:
             rows.append({**meta, "dataset": f"{name} (reverse)",
                          "knn_top1": metrics[f"{key}_rev_top1"],
                          "knn_top3": metrics[f"{key}_rev_top3"],
-                         "notes": "test split as bank, train split as queries"})
+                         "notes": "; ".join(filter(None, (meta.get("notes"), REVERSE_NOTE)))})
         return rows

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from common.data.datasets import ImageLabelSet
-from common.data.sources import dataset_name, open_source
-from common.data.transforms import eval_transform
-from common.evaluation import knn_metrics
+from common.knn import KnnConfig, KnnSets
 from eval import cli
 
 LABELS = ("fine", "coarse")
@@ -29,21 +26,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         p.error(f"--labels {args.labels}: choose from {','.join(LABELS)}")
     run = cli.load(args)
     cfg = run.cfg
-    transform = eval_transform(cfg.data.image_size)
     device = next(run.model.parameters()).device
-    meta = run.meta("knn_cifar")
-    rows = []
-    for label in labels:
-        bank = ImageLabelSet(open_source(cfg.data, "knn_train", label), transform)
-        queries = ImageLabelSet(open_source(cfg.data, "knn_test", label), transform)
-        metrics = knn_metrics(run.model.encode_image, bank, queries, device, ks=(1, 3),
-                              batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
-        name = f"{dataset_name(cfg.data, 'knn_test')}{bank.num_classes}"
-        rows.append({**meta, "dataset": name, "knn_top1": metrics["knn_top1"],
-                     "knn_top3": metrics["knn_top3"]})
-        rows.append({**meta, "dataset": f"{name} (reverse)", "knn_top1": metrics["knn_rev_top1"],
-                     "knn_top3": metrics["knn_rev_top3"],
-                     "notes": f"{meta['notes']}; test split as bank, train split as queries"})
+    sets = KnnSets(cfg.data, KnnConfig(labels=labels), cfg.eval.batch_size)  # as the chapters
+    rows = sets.rows(sets.metrics(run.model.encode_image, device), run.meta("knn_cifar"))
     return cli.finish(run, rows, ["knn_top1", "knn_top3"])
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.models.beit import Beit
 
 from common.config import DataConfig, ImageEncoderConfig, TeacherConfig, TextEncoderConfig
@@ -288,7 +288,8 @@ def beit_reference(model: Beit, images):
 
 def beit_cfg(variant, depth=DEPTH):
     return image_cfg(depth=depth, layer_norm_first=True, layer_scale=0.1,
-                     rel_pos_bias=True, abs_pos=variant == "shared")
+                     rel_pos_bias=True, abs_pos=variant == "shared",
+                     final_norm=variant != "v2_timm")
 
 
 def save_beit(model, variant, tmp_path):
@@ -323,8 +324,36 @@ def test_beit_matches_timm(tmp_path, variant, depth):
         features = model.forward_features(images)
     for ours, theirs in zip(out.layers, reference[:depth]):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
-    if depth == DEPTH and variant != "v2_timm":  # the final norm came along
+    if depth == DEPTH:  # the final norm came along, or (timm's fc_norm layout) none is added
         torch.testing.assert_close(out.x, features, atol=1e-5, rtol=1e-4)
+
+
+def test_timm_beitv2_layout_gives_timms_cls_and_the_files_tensors(tmp_path):
+    """timm's beitv2_base_patch16_224 (avg pool, fc_norm) has no norm before pooling: the
+    converted encoder has no final norm, its CLS output is ``forward_features(x)[:, 0]`` and
+    every parameter is the file's tensor (no made-up unit norm)."""
+    model = make_beit("v2_timm")
+    path = save_beit(model, "v2_timm", tmp_path)
+    encoder, cfg = encoder_from_checkpoint(read_checkpoint(path), image_cfg())
+    assert encoder.norm is None and not cfg.final_norm
+    images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.eval()(images).x[:, 0],
+                                   model.forward_features(images)[:, 0], atol=1e-5, rtol=1e-4)
+    file = load_file(str(path))
+    for name, param in encoder.named_parameters():
+        torch.testing.assert_close(param, timm_tensor(file, name), rtol=0, atol=0)
+
+
+def timm_tensor(file, name):
+    """The tensor of timm's Beit state dict ``file`` that our parameter ``name`` holds."""
+    if name.endswith(".attn.qkv.bias"):  # timm: q and v biases, no k bias
+        q, v = file[name.replace("qkv.bias", "q_bias")], file[name.replace("qkv.bias", "v_bias")]
+        return torch.cat([q, torch.zeros_like(q), v])
+    if name.startswith("embed."):
+        return file[name[len("embed."):]]
+    return file[name.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2")
+                .replace(".attn.rel_pos.", ".attn.")]
 
 
 def test_beit_through_timm_name_with_local_weights(tmp_path):

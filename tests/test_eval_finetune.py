@@ -5,13 +5,13 @@ import re
 import pytest
 import torch
 
-from common.config import DataConfig, ImageEncoderConfig, TrainConfig
+from common.config import DataConfig, ImageEncoderConfig, TextEncoderConfig, TrainConfig
 from common.data.sources import synthetic_world
 from common.errors import UserError
-from common.finetune import (AugmentedImages, EncoderClassifier, FinetuneConfig, image_head,
-                             layer_decay_param_groups, resolve_config, topk_accuracy,
-                             train_image_transform)
-from common.models import build_image_encoder
+from common.finetune import (AugmentedImages, EncoderClassifier, FinetuneConfig,
+                             classifier_setup, image_head, layer_decay_param_groups,
+                             resolve_config, topk_accuracy, train_image_transform)
+from common.models import build_image_encoder, build_text_encoder
 from common.optim import build_optimizer
 
 # THESIS.md chapter 1: lr_l = 1e-3 * 0.81^(L+1-l) for L=6, layers 0 (embedding) .. 7 (head)
@@ -40,12 +40,51 @@ def test_layer_decay_learning_rates_match_the_thesis_table_for_six_blocks():
         for param in group["params"]:
             layer = layer_of(names[id(param)])
             lr_by_layer.setdefault(layer, set()).add(group["lr"])
-            assert group["weight_decay"] == (0.0 if param.ndim <= 1 else 0.05)
+            exempt = param.ndim <= 1 or names[id(param)] == "encoder.embed.cls_token"
+            assert group["weight_decay"] == (0.0 if exempt else 0.05)
     assert sorted(lr_by_layer) == list(range(8))
     assert all(len(lrs) == 1 for lrs in lr_by_layer.values())
     lrs = [lr_by_layer[layer].pop() for layer in range(8)]
     assert lrs == pytest.approx([1e-3 * 0.81 ** (7 - layer) for layer in range(8)])
     assert [float(f"{lr:.1e}") for lr in lrs] == THESIS_LR_TABLE  # the table, 2 significant digits
+
+
+def frozen_embed_encoder(depth=6):
+    """A tower as the chapters leave it: ``freeze_embed`` on (chapter 3-5 configs)."""
+    return build_image_encoder(ImageEncoderConfig(dim=16, depth=depth, heads=2, image_size=16,
+                                                  patch_size=8, freeze_embed=True))
+
+
+def test_full_finetuning_trains_a_frozen_embedding_at_layer_zeros_lr():
+    encoder = frozen_embed_encoder(6)
+    cfg = FinetuneConfig(mode="full")
+    model, frozen, groups = classifier_setup(encoder, image_head(16, 10), "mean", cfg)
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-3), groups)
+    embed = {id(p) for p in model.encoder.embed.parameters()}
+    lrs = {g["lr"] for g in optimizer.param_groups if embed & {id(p) for p in g["params"]}}
+    assert frozen == [] and not model.encoder.freeze_embed
+    assert list(lrs) == [pytest.approx(1e-3 * 0.81 ** 7)]  # 2.3e-4, THESIS.md's layer 0
+    assert sum(len(embed & {id(p) for p in g["params"]}) for g in groups) == len(embed)
+    assert all(not p.requires_grad for p in encoder.embed.parameters())  # caller's copy
+
+
+def test_linear_probe_trains_only_the_head():
+    model, frozen, groups = classifier_setup(frozen_embed_encoder(2), image_head(16, 3), "mean",
+                                             FinetuneConfig(mode="linear"))
+    assert frozen == [model.encoder] and len([p for g in groups for p in g["params"]]) == 4
+
+
+def test_cls_token_and_learned_positions_get_no_weight_decay():
+    """timm's no_weight_decay() convention (BEiT v2, MAE, data2vec): cls_token, pos_embed."""
+    text = build_text_encoder(TextEncoderConfig(dim=16, depth=1, heads=2, vocab_size=50,
+                                                max_len=8, learned_pos=True), pad_id=1)
+    for encoder in (tiny_encoder(1), text):
+        model, _, groups = classifier_setup(encoder, image_head(16, 3), "mean", FinetuneConfig())
+        names = {id(p): n for n, p in model.named_parameters()}
+        decay = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+        exempt = [n for n in decay if n.endswith(("cls_token", "pos_embed"))]
+        assert exempt and all(decay[n] == 0.0 for n in exempt)
+        assert any(w > 0 for w in decay.values())
 
 
 def test_frozen_encoder_is_left_out_of_the_groups():

@@ -32,6 +32,8 @@ from common.data.tokenizer import build_tokenizer
 from common.data.transforms import eval_transform, train_transform
 from common.data.visual_genome import prepare_visual_genome
 from common.errors import DataError
+from common.evaluation import knn_metrics
+from common.knn import KnnConfig, KnnSets
 
 
 # ---------------------------------------------------------------------------- fixture writers
@@ -289,6 +291,25 @@ def test_corrupt_jpeg_is_one_data_error_naming_the_file(root, tmp_path):
 
 
 # ---------------------------------------------------------------------------- CIFAR / ImageNet
+
+def test_knn_coarse_rows_use_the_cifar10_images_as_a_direct_knn_does(root):
+    """CIFAR-10 (coarse) is another image set than CIFAR-100 (fine), here of another length
+    too (10 vs 4 train images): its kNN rows are a kNN over its own images (as
+    ``eval.knn_cifar`` computes them), not CIFAR-100's embeddings with CIFAR-10 labels."""
+    data, cpu = real(root, image_size=32), torch.device("cpu")
+
+    def mean_colour(images):  # B x 3: a hand-checkable embedding
+        return images.mean(dim=(2, 3))
+
+    sets = KnnSets(data, KnnConfig(labels=["fine", "coarse"]), batch_size=4)
+    got = sets.metrics(mean_colour, cpu)
+    assert [len(sets.sets[k].bank) for k in ("knn100", "knn10")] == [4, 10]
+    for label, key in (("fine", "knn100"), ("coarse", "knn10")):
+        bank, queries = (ImageLabelSet(open_source(data, role, label), eval_transform(32))
+                         for role in ("knn_train", "knn_test"))
+        direct = knn_metrics(mean_colour, bank, queries, cpu, ks=(1, 3), prefix=key)
+        assert {k: got[k] for k in direct} == {k: round(v, 2) for k, v in direct.items()}
+
 def test_cifar_pickles_become_arrays_with_fine_and_coarse_roles(root):
     expected = cifar_expected()
     splits = manifest(root, "cifar")["splits"]

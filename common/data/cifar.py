@@ -132,6 +132,8 @@ class CifarSource:
             raise ValueError(f"unknown CIFAR split {variant}/{split}")
         require_manifest(folder, "cifar")
         self.variant, self.split = variant, split
+        # CIFAR-10 and CIFAR-100 are different images: fine and coarse never share embeddings
+        self.images_key = (str(folder.resolve()), variant, split)
         self.images = np.load(folder / f"{variant}_{split}_images.npy", mmap_mode="r")
         self.labels = np.load(folder / f"{variant}_{split}_labels.npy")
         self.classnames = (folder / f"{variant}_classes.txt").read_text().splitlines()

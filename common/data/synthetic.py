@@ -616,6 +616,8 @@ class SyntheticSource:
         world.len_split(split)  # validates the split name
         self.world, self.split, self.render_size, self.label_kind = world, split, render_size, label
         self.classnames = CLASSNAMES if label == "fine" else COARSE_CLASSNAMES
+        # fine and coarse are the same scenes with other labels: one embedding serves both
+        self.images_key = (id(world), split, render_size)
         self._last: Optional[Scene] = None  # a dataset item asks image, captions and label
 
     def scene(self, index: int) -> Scene:

@@ -322,13 +322,10 @@ def convert_beit(ckpt: Checkpoint, depth: int) -> Converted:
     else:
         out["embed.cls_token"] = cls
     dim = proj.shape[0]
-    if "norm.weight" in state:
+    final_norm = "norm.weight" in state  # timm's avg-pool variants: fc_norm after pooling only
+    if final_norm:
         out["norm.weight"], out["norm.bias"] = state["norm.weight"], state["norm.bias"]
         used.update({"norm.weight", "norm.bias"})
-    else:  # timm's avg-pool variants keep their last norm in fc_norm (after pooling)
-        log.info("%s has no final norm (fc_norm variant): the encoder's final LayerNorm starts "
-                 "at weight 1, bias 0", src)
-        out["norm.weight"], out["norm.bias"] = torch.ones(dim), torch.zeros(dim)
 
     table = state.get("blocks.0.attn.relative_position_bias_table", shared_table)
     settings: Dict[str, Any] = {
@@ -336,6 +333,7 @@ def convert_beit(ckpt: Checkpoint, depth: int) -> Converted:
         "layer_norm_first": True, "alibi": False, "alibi_scale": False,
         "layer_scale": 0.1 if "blocks.0.gamma_1" in state else 0.0,
         "rel_pos_bias": table is not None, "abs_pos": pos is not None, "norm_eps": 1e-6,
+        "final_norm": final_norm,
         "patch_size": proj.shape[-1], "in_chans": proj.shape[1],
     }
     if table is not None:

@@ -77,7 +77,8 @@ class Encoder(nn.Module):
                   layer_scale=cfg.layer_scale, window_size=window,
                   alibi_scale=cfg.alibi and cfg.alibi_scale)
             for dp in drop_path)
-        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.layer_norm_first else None
+        final_norm = cfg.layer_norm_first and cfg.final_norm
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if final_norm else None
         self.alibi = ALiBi(cfg.heads) if cfg.alibi else None
         self._bias_cache: Dict[Tuple[int, torch.device, torch.dtype], Tensor] = {}
         self.blocks.apply(_init_weights)

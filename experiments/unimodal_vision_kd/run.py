@@ -46,7 +46,7 @@ from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.sources import dataset_name, open_source
 from common.data.transforms import train_transform
 from common.experiment import markdown_table, run_folder, run_meta, write_rows
-from common.finetune import FinetuneConfig, finetune_classifier
+from common.finetune import FinetuneConfig, finetunable, finetune_classifier
 from common.knn import KnnConfig, KnnSets
 from common.losses import kd_mse_loss
 from common.models.embed import ImageEmbed
@@ -250,16 +250,6 @@ def kd_losses(model: nn.Module, teacher: Encoder, images: Tensor,
 
 
 # ---------------------------------------------------------------------------- fine-tuning
-def finetunable(encoder: Encoder) -> Encoder:
-    """A copy of the student's encoder whose embedding trains too: full fine-tuning tunes
-    every layer, the embedding as layer 0 of the layer-decay table (a linear probe freezes
-    the whole encoder anyway); the teacher's embedding itself is left untouched."""
-    out = copy.deepcopy(encoder)
-    out.freeze_embed = False
-    out.embed.requires_grad_(True)
-    return out
-
-
 def finetune_rows(cfg: VisionKdConfig, encoder: Encoder, name: str, meta: dict) -> List[dict]:
     """Linear probe and/or full fine-tuning (``cfg.finetune_modes``) of ``encoder`` on the
     ``knn_train`` split's labels (``cfg.finetune_labels``), validated on ``knn_test``: the
