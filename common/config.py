@@ -12,12 +12,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from common.errors import UserError
+
+PRESET_FRAGMENTS = Path(__file__).resolve().parent.parent / "configs" / "presets"
 
 T = TypeVar("T")
 
@@ -160,6 +162,30 @@ def _format_error(err: Exception, where: str) -> str:
     return f"config error in {where}: {msg}; see the chapter's tiny.yaml for valid keys"
 
 
+def _preset_parts(path: Path) -> List[Tuple[str, Any]]:
+    """``(file, values)`` to merge for a preset, in order: the fragments its top-level
+    ``defaults: [name, ...]`` names (``configs/presets/<name>.yaml``, blocks that several
+    chapters share, e.g. the data2vec 2.0 architecture), then the preset's own values, which
+    win. The command line's overrides come after all of them."""
+    try:
+        own = OmegaConf.load(path)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_format_error(err, str(path))) from None
+    names = own.pop("defaults", []) if isinstance(own, DictConfig) else []
+    if not isinstance(names, (list, ListConfig)):
+        raise ConfigError(f"config error in {path}: defaults must be a list of fragment names "
+                          f"from {PRESET_FRAGMENTS}")
+    parts = []
+    for name in names:
+        fragment = PRESET_FRAGMENTS / f"{name}.yaml"
+        if not fragment.is_file():
+            raise ConfigError(f"config error in {path}: defaults names '{name}', which is not one "
+                              f"of {sorted(p.stem for p in PRESET_FRAGMENTS.glob('*.yaml'))} "
+                              f"({PRESET_FRAGMENTS})")
+        parts.append((str(fragment), OmegaConf.load(fragment)))
+    return parts + [(str(path), own)]
+
+
 def load_config(schema: Type[T], preset: str | os.PathLike | None = None,
                 overrides: Sequence[str] = ()) -> T:
     """Build ``schema`` defaults, merge a YAML preset, then ``key=value`` overrides.
@@ -175,10 +201,11 @@ def load_config(schema: Type[T], preset: str | os.PathLike | None = None,
         if not path.is_file():
             raise ConfigError(f"config error: preset file {path} does not exist; "
                               f"choose one of {sorted(p.name for p in path.parent.glob('*.yaml'))}")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        except OmegaConfBaseException as err:
-            raise ConfigError(_format_error(err, str(path))) from None
+        for where, part in _preset_parts(path):
+            try:
+                cfg = OmegaConf.merge(cfg, part)
+            except OmegaConfBaseException as err:
+                raise ConfigError(_format_error(err, where)) from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"config error: override '{item}' is not of the form key=value "
