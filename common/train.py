@@ -325,11 +325,19 @@ def _warn_config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -
 
 
 def _truncate_metrics(path: Path, start_step: int) -> None:
-    """Drop log lines past the resume step (they are about to be recomputed)."""
+    """Drop log lines past the resume step (they are about to be recomputed), and a line torn
+    by a kill in the middle of writing it (with one warning)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines()
-             if line and json.loads(line)["step"] <= start_step]
+    lines = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            step = json.loads(line)["step"] if line else None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s line %d is torn (killed while writing?); dropped", path, number)
+            continue
+        if step is not None and step <= start_step:
+            lines.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, path)

@@ -164,3 +164,15 @@ def test_train_minutes_leave_out_evaluation(tmp_path):
                  tmp_path / "run", evaluate=slow_eval)
     assert len(result.history) == 2  # two evaluations, 2 s of sleeping
     assert result.train_minutes * 60 < 1.0
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path, caplog):
+    run = tmp_path / "run"
+    fit(make_model(), step_fn, ToyStream(), cfg(steps=10, eval_every=0), run)
+    metrics = run / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"step": 11, "loss": 0.')  # killed mid-write
+    result = fit(make_model(), step_fn, ToyStream(), cfg(steps=20, eval_every=0, resume="auto"), run)
+    assert result.step == 20 and "torn" in caplog.text
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 21))
