@@ -218,7 +218,47 @@ def load_config(schema: Type[T], preset: str | os.PathLike | None = None,
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(_format_error(err, "interpolation")) from None
+    validate(cfg)
     return cfg  # type: ignore[return-value]
+
+
+def _at_least(low: float) -> Tuple[Any, str]:
+    return (lambda v: v >= low), f">= {low:g}"
+
+
+_POSITIVE = ((lambda v: v > 0), "> 0")
+_FRACTION = ((lambda v: 0 <= v <= 1), "in [0, 1]")
+# per config section type: field -> (allowed?, the allowed range in words)
+RANGES: Dict[type, Dict[str, Tuple[Any, str]]] = {
+    TrainConfig: {"steps": _at_least(1), "batch_size": _at_least(1), "lr": _POSITIVE,
+                  "min_lr": _at_least(0), "warmup_frac": _FRACTION, "weight_decay": _at_least(0),
+                  "grad_clip": _at_least(0), "log_every": _at_least(0)},
+    EvalConfig: {"batch_size": _at_least(1)},
+    DataConfig: {"image_size": _at_least(1), "max_text_len": _at_least(2), "hflip": _FRACTION,
+                 "num_workers": _at_least(0),
+                 "crop_scale": ((lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1),
+                                "[min, max] with 0 < min <= max <= 1")},
+}
+
+
+def validate(cfg: Any, path: str = "") -> None:
+    """Every numeric setting of a known section inside its allowed range, or one
+    :class:`ConfigError` line naming the key, its value and the range; checked when the config
+    is loaded, before any data is touched or any file is written."""
+    if not isinstance(cfg, DictConfig):
+        return
+    for name, (ok, allowed) in RANGES.get(OmegaConf.get_type(cfg), {}).items():
+        value = cfg[name]
+        if not ok(list(value) if isinstance(value, ListConfig) else value):
+            raise ConfigError(f"config error: {path}{name}={value} is out of range; allowed: {allowed}")
+    for key in cfg:
+        validate(cfg._get_node(key), f"{path}{key}.")
+    data, text = cfg.get("data"), cfg.get("text")
+    if not path and isinstance(data, DictConfig) and isinstance(text, DictConfig) and "max_len" in text:
+        if "max_text_len" in data and data.max_text_len > text.max_len:
+            raise ConfigError(f"config error: data.max_text_len={data.max_text_len} is longer than "
+                              f"the text encoder's positions (text.max_len={text.max_len}); "
+                              f"allowed: data.max_text_len <= text.max_len")
 
 
 def to_yaml(cfg: Any) -> str:
@@ -261,4 +301,5 @@ def apply_overrides(cfg: T, overrides: Sequence[str], where: str) -> T:
             out = OmegaConf.merge(out, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
             raise ConfigError(_format_error(err, f"{where}: '{item}'")) from None
+    validate(out)
     return out  # type: ignore[return-value]
