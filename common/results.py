@@ -62,6 +62,11 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> N
     replaces the original with ``os.replace``, so a crash at any point leaves either the
     old or the new file, never half a row. ``git_sha``, ``timestamp`` and ``reference``
     (False) are filled in where absent. Raises ``ValueError`` naming unknown keys.
+
+    Idempotent: an existing row with the same :data:`ROW_KEY` as a new one (chapter, run,
+    model, dataset, steps, seed: the same run evaluated again, e.g. a finished run started a
+    second time) is replaced by it, not repeated. A file with columns this version does not
+    know is one :class:`DataError` line and is left as it is.
     """
     path = Path(path)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -69,7 +74,13 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         old = _read_rows(path)
-        _check_keys(old, f"existing file {path}")
+        try:
+            _check_keys(old, f"existing file {path}")
+        except ValueError as err:
+            raise DataError(f"{err}; move the file aside (or merge its columns) and rerun: the "
+                            f"run's checkpoints are kept, so it only evaluates again") from None
+        replaced = {_row_key(r) for r in new}
+        old = [r for r in old if _row_key(r) not in replaced]
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", newline="") as f:
@@ -84,6 +95,14 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> N
         except BaseException:
             os.unlink(tmp)
             raise
+
+
+ROW_KEY = ("chapter", "run", "model", "dataset", "steps", "seed")
+
+
+def _row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """What identifies a row, as the CSV spells it (numbers and blanks read back as text)."""
+    return tuple("" if row.get(k) is None else str(row.get(k)) for k in ROW_KEY)
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:

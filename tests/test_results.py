@@ -93,3 +93,26 @@ def test_load_results_globs_and_errors(tmp_path):
     assert empty.empty and list(empty.columns) == list(COLUMNS)
     with pytest.raises(DataError, match="does not exist"):
         load_results(tmp_path / "missing.csv")
+
+
+def test_the_same_run_again_replaces_its_rows(tmp_path):
+    path = tmp_path / "r.csv"
+    append_rows(path, [row(), row(dataset="syn-flickr"), row(run="other")])
+    append_rows(path, [row(notes="again"), row(dataset="syn-flickr", notes="again")])
+    df = load_results(path)
+    assert len(df) == 3 and df["run"].tolist() == ["other", "tiny", "tiny"]
+    assert (df[df["run"] == "tiny"]["notes"] == "again").all()
+    append_rows(path, [row(seed=1)])  # another seed is another row
+    assert len(load_results(path)) == 4
+
+
+def test_a_results_file_with_a_foreign_column_is_one_line_and_kept(tmp_path):
+    from common.errors import DataError
+
+    path = tmp_path / "r.csv"
+    path.write_text("chapter,run,mystery\nshre,tiny,1\n")
+    before = path.read_bytes()
+    with pytest.raises(DataError, match=r"existing file .* unknown result columns \['mystery'\].*"
+                                        r"move the file aside") as err:
+        append_rows(path, [row()])
+    assert "\n" not in str(err.value) and path.read_bytes() == before

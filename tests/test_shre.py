@@ -45,10 +45,11 @@ def test_tiny_run_writes_result_rows_and_resumes_without_retraining():
     metrics = (Path(os.environ["MMKD_RUNS"]) / "shre" / "shre" / "metrics.jsonl").read_text()
     assert '"kd_text"' in metrics and '"itc"' in metrics and '"zs_top1"' in metrics
 
-    # the same command again continues the finished run: nothing is retrained, rows appended
+    # the same command again continues the finished run: nothing is retrained, and its rows
+    # replace the first ones instead of repeating them
     again = shre.run(parse_cli(shre.ShreConfig, CHAPTER, FEW_STEPS))
     assert [r["zs_top1"] for r in again if "zs_top1" in r] == [r["zs_top1"] for r in rows if "zs_top1" in r]
-    assert len(pd.read_csv(csv)) == 8
+    assert len(pd.read_csv(csv)) == 4
 
 
 def test_shre_losses_are_finite_and_use_the_teacher_for_both_modalities():
