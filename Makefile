@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PRESET
 
-.PHONY: venv test bench exp-shre exp-vision-kd exp-ssa exp-itc exp-teachers exp-all compare figures clean-runs
+.PHONY: venv test smoke-full bench exp-shre exp-vision-kd exp-ssa exp-itc exp-teachers exp-all compare figures clean-runs
 
 venv: $(STAMP)
 
@@ -19,6 +19,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Every chapter's full preset end to end on CPU: real-format datasets and random ViT-B weights
+# in the published layouts, written to a temp folder, then `make exp-<chapter> PRESET=full`
+# with size overrides only and every eval CLI on the runs (common/smoke_full.py; ~6 min).
+smoke-full: $(STAMP)
+	$(PY) -m common.smoke_full $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m common.bench --preset $(PRESET)

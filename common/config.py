@@ -49,6 +49,9 @@ class EncoderConfig:
     layer_scale: float = 0.0  # > 0: per-channel residual scales with this init (BEiT v2); 0 = none
     rel_pos_bias: bool = False  # per-block relative position bias on the patch grid (BEiT v2; images)
     freeze_embed: bool = False  # freeze the modality encoder (patch/token embedding)
+    # with freeze_embed: embedding parameters that still train, by name inside the embedding
+    # (chapters 3-5: the image CLS token and the text token table, which holds the BOS token)
+    embed_trainable: List[str] = field(default_factory=list)
     init: str = ""  # "" = random; else a checkpoint path / hub name (see common.models.registry)
     init_weights: str = ""  # local weights file for a timm:/hf: `init` (offline machines)
 
@@ -84,6 +87,11 @@ class DataConfig:
     # split (quick checks; results then name the set e.g. coco5k-first1000)
     coco_test_size: int = 5000
     flickr_test_size: int = 1000
+    # real zero-shot quick checks (0 = the published protocol): only the first N ImageNet
+    # classes (their images and classifier rows), only the first N of CLIP's 80 templates;
+    # results then name the set e.g. imagenet-first10cls-2tmpl
+    zero_shot_classes: int = 0
+    zero_shot_templates: int = 0
     num_workers: int = 0
     # real only: prepared image-text sets under data.root mixed round-robin for training
     # (coco | cc3m | visual_genome; see common.data.multi)
@@ -219,6 +227,7 @@ def load_config(schema: Type[T], preset: str | os.PathLike | None = None,
     except OmegaConfBaseException as err:
         raise ConfigError(_format_error(err, "interpolation")) from None
     validate(cfg)
+    resolve_weight_paths(cfg)
     return cfg  # type: ignore[return-value]
 
 
@@ -259,6 +268,44 @@ def validate(cfg: Any, path: str = "") -> None:
             raise ConfigError(f"config error: data.max_text_len={data.max_text_len} is longer than "
                               f"the text encoder's positions (text.max_len={text.max_len}); "
                               f"allowed: data.max_text_len <= text.max_len")
+
+
+# config section type -> its fields that name a weights file (or a local hub copy)
+WEIGHT_FIELDS: Dict[type, Tuple[str, ...]] = {EncoderConfig: ("init", "init_weights"),
+                                              TeacherConfig: ("name", "weights")}
+
+
+def weights_path(value: str, root: str) -> str:
+    """Where a weights setting points. Hub names (``timm:...``, ``hf:...``), ``tiny-*`` recipes,
+    ``none`` and absolute paths stay as they are; a relative path is taken under ``data.root``
+    (the presets' ``weights/<file>`` is ``<data.root>/weights/<file>``, beside the datasets),
+    unless it exists from the working directory (``teacher.name=./mine.pt``)."""
+    if (not value or value == "none" or value.startswith("tiny-") or ":" in value
+            or Path(value).is_absolute() or Path(value).exists() or not root):
+        return value
+    return str(Path(root) / value)
+
+
+def resolve_weight_paths(cfg: Any) -> None:
+    """Rewrite every weights path of ``cfg`` with :func:`weights_path` (``data.root`` of the
+    top-level config), so a run finds its checkpoints wherever its datasets are."""
+    data = cfg.get("data") if isinstance(cfg, DictConfig) else None
+    root = str(data.root) if isinstance(data, DictConfig) and "root" in data else ""
+
+    def walk(node: Any) -> None:
+        if not isinstance(node, DictConfig):
+            return
+        kind = OmegaConf.get_type(node)
+        for key in node:
+            value = node._get_node(key)
+            if isinstance(value, DictConfig):
+                walk(value)
+            elif kind is not None and any(issubclass(kind, t) and key in f
+                                          for t, f in WEIGHT_FIELDS.items()):
+                node[key] = weights_path(str(node[key]), root)
+
+    if root:
+        walk(cfg)
 
 
 def to_yaml(cfg: Any) -> str:
@@ -302,4 +349,5 @@ def apply_overrides(cfg: T, overrides: Sequence[str], where: str) -> T:
         except OmegaConfBaseException as err:
             raise ConfigError(_format_error(err, f"{where}: '{item}'")) from None
     validate(out)
+    resolve_weight_paths(out)
     return out  # type: ignore[return-value]

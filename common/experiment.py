@@ -23,7 +23,8 @@ from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderCo
                            TextEncoderConfig, TrainConfig)
 from common.data.datasets import ImageLabelSet, RetrievalSet, collate_image_text
 from common.data.multi import image_text_stream
-from common.data.sources import dataset_name, open_source, prompt_templates
+from common.data.sources import (dataset_name, open_source, prompt_templates, zero_shot_name,
+                                 zero_shot_source)
 from common.data.tokenizer import Tokenizer, build_tokenizer
 from common.data.transforms import eval_transform, train_transform
 from common.errors import UserError
@@ -127,7 +128,7 @@ class EvalSets:
         self.data, self.evals = data, evals
         self.retrieval = {role: RetrievalSet(open_source(data, role), transform)
                           for role in evals.retrieval}
-        self.zero_shot = (ImageLabelSet(open_source(data, evals.zero_shot), transform)
+        self.zero_shot = (ImageLabelSet(zero_shot_source(data, evals.zero_shot), transform)
                           if evals.zero_shot else None)
         self.templates = prompt_templates(data) if evals.zero_shot else []
 
@@ -155,7 +156,7 @@ class EvalSets:
                 for role, metrics in self.retrieval_metrics(model, tokenizer).items()]
         if self.zero_shot is not None:
             zs = zero_shot if zero_shot is not None else self.zero_shot_metrics(model, tokenizer)
-            rows.append({**meta, "dataset": dataset_name(self.data, self.evals.zero_shot),
+            rows.append({**meta, "dataset": zero_shot_name(self.data, self.evals.zero_shot),
                          "zs_top1": zs["zs_top1"], "zs_top5": zs["zs_top5"]})
         return rows
 
@@ -250,7 +251,7 @@ def train_multimodal(cfg: Any, model: MultimodalEncoder, losses: LossFn, teacher
     rows = evals.alignment_rows(model, tokenizer, meta)
     if evals.zero_shot is not None:
         zs = evals.zero_shot_metrics(model, tokenizer)
-        rows.append({**meta, "dataset": dataset_name(cfg.data, cfg.eval.zero_shot), **zs})
+        rows.append({**meta, "dataset": zero_shot_name(cfg.data, cfg.eval.zero_shot), **zs})
     write_rows(cfg.chapter, results_file, [*reference_rows, *rows])
     return rows
 

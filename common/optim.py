@@ -51,6 +51,11 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: Iterable[str] 
             "params": [], "param_names": [], "weight_decay": decay, "lr_scale": lr_scale})
         group["params"].append(param)
         group["param_names"].append(name)
+    names = [n for g in groups.values() for n in g["param_names"]]
+    idle = [s for s in no_decay if not any(s in n for n in names)]
+    if idle:  # e.g. a frozen embedding: the setting would silently do nothing
+        raise ConfigError(f"config error: train.no_decay={idle} names no trainable parameter; "
+                          f"unfreeze it (e.g. <encoder>.embed_trainable) or drop the entry")
     return list(groups.values())
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from common.data.datasets import ImageLabelSet
-from common.data.sources import dataset_name, open_source, prompt_templates
+from common.data.sources import prompt_templates, zero_shot_name, zero_shot_source
 from common.data.transforms import eval_transform
 from common.errors import DataError
 from common.evaluation import zero_shot_metrics
@@ -36,11 +36,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     run = cli.load(args, needs=("encode_image", "encode_text"))
     cfg = run.cfg
     role = args.set or cfg.eval.zero_shot or "imagenet_val"
-    dataset = ImageLabelSet(open_source(cfg.data, role), eval_transform(cfg.data.image_size))
+    dataset = ImageLabelSet(zero_shot_source(cfg.data, role), eval_transform(cfg.data.image_size))
     templates = read_templates(args.templates) if args.templates else prompt_templates(cfg.data)
     metrics = zero_shot_metrics(run.model, dataset, dataset.classnames, templates, run.tokenizer,
                                 cfg.data.max_text_len, cfg.eval.batch_size, cfg.data.num_workers)
-    rows = [{**run.meta("zero_shot_imagenet"), "dataset": dataset_name(cfg.data, role), **metrics}]
+    rows = [{**run.meta("zero_shot_imagenet"), "dataset": zero_shot_name(cfg.data, role), **metrics}]
     return cli.finish(run, rows, ["zs_top1", "zs_top5"])
 
 

@@ -7,54 +7,22 @@ preset's own architecture settings must pass :func:`common.models.converters.che
 """
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from common.chapters import chapters
+from common.chapters import chapter, chapters
+from common.fixtures import beitv2_checkpoint, data2vec2_image_checkpoint, data2vec2_text_checkpoint
 from common.models.converters import check_settings, convert, read_checkpoint
+from common.models.encoder import build_image_encoder, build_text_encoder
+from common.models.registry import init_encoder
 
 D, HEADS, DEPTH = 24, 12, 2  # the width is the only thing shrunk (12 heads of 2 channels)
 
 
-def _block(sd, prefix, g):
-    shapes = {"norm1.weight": (D,), "norm1.bias": (D,), "attn.qkv.weight": (3 * D, D),
-              "attn.qkv.bias": (3 * D,), "attn.proj.weight": (D, D), "attn.proj.bias": (D,),
-              "norm2.weight": (D,), "norm2.bias": (D,), "mlp.fc1.weight": (4 * D, D),
-              "mlp.fc1.bias": (4 * D,), "mlp.fc2.weight": (D, 4 * D), "mlp.fc2.bias": (D,)}
-    for key, shape in shapes.items():
-        sd[prefix + key] = torch.randn(*shape, generator=g)
+def d2v2_image(path):
+    return data2vec2_image_checkpoint(path, dim=D, prenet_depth=1, depth=DEPTH - 1, heads=HEADS)
 
 
-def _save(path, sd, norm_eps):
-    cfg = OmegaConf.create({"model": {"_name": "data2vec_multi", "num_heads": HEADS,
-                                      "norm_eps": norm_eps, "layer_norm_first": False,
-                                      "depth": DEPTH, "embed_dim": D}})
-    torch.save({"args": None, "cfg": cfg, "model": sd, "optimizer_history": [],
-                "extra_state": {}, "last_optimizer_state": None}, path)
-
-
-def d2v2_image(path, grid=14, patch=16):
-    g, p = torch.Generator().manual_seed(0), "modality_encoders.IMAGE."
-    sd = {p + "local_encoder.proj.weight": torch.randn(D, 3, patch, patch, generator=g),
-          p + "local_encoder.proj.bias": torch.zeros(D),
-          p + "fixed_positional_encoder.positions": torch.randn(1, grid * grid, D, generator=g),
-          p + "extra_tokens": torch.randn(1, 1, D, generator=g),
-          p + "context_encoder.norm.weight": torch.ones(D), p + "context_encoder.norm.bias": torch.zeros(D)}
-    for i in range(DEPTH):
-        _block(sd, f"blocks.{i}.", g)
-    _save(path, sd, 1e-6)
-    return path
-
-
-def d2v2_text(path, vocab=50, positions=514):
-    g, p = torch.Generator().manual_seed(1), "modality_encoders.TEXT."
-    sd = {p + "local_encoder.embed_tokens.weight": torch.randn(vocab, D, generator=g),
-          p + "local_encoder.embed_positions.weight": torch.randn(positions, D, generator=g),
-          p + "local_encoder.layernorm_embedding.weight": torch.ones(D),
-          p + "local_encoder.layernorm_embedding.bias": torch.zeros(D)}
-    for i in range(DEPTH):
-        _block(sd, f"blocks.{i}.", g)
-    _save(path, sd, 1e-5)
-    return path
+def d2v2_text(path, vocab=50):
+    return data2vec2_text_checkpoint(path, vocab, dim=D, depth=DEPTH, heads=HEADS)
 
 
 def _d2v2_encoders(cfg):
@@ -79,3 +47,60 @@ def test_full_preset_accepts_the_published_data2vec2_layout(tmp_path, chapter, k
     path = (d2v2_text if modality == "text" else d2v2_image)(tmp_path / f"{modality}.pt")
     ckpt = read_checkpoint(path)
     check_settings(convert(ckpt, modality, cfg), cfg, key, ckpt.source)  # raises on a mismatch
+
+
+def _file_tensor(state, key, prenet):
+    """The file's tensor behind encoder parameter ``key`` (data2vec 2.0: prenet blocks first)."""
+    block, rest = key.split(".", 2)[1:] if key.startswith("blocks.") else (None, key)
+    if block is None:
+        return None
+    k = int(block)
+    src = (f"modality_encoders.IMAGE.context_encoder.blocks.{k}." if k < prenet
+           else f"blocks.{k - prenet}.")
+    return state.get(src + rest)
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_converted_data2vec2_encoder_holds_the_files_tensors(tmp_path, modality):
+    """Every block parameter of the encoder the full preset builds equals the file's tensor."""
+    cfg = chapter("separate_self_attention").load_config("full")[modality]
+    cfg.dim, cfg.depth = D, DEPTH
+    path = (d2v2_text if modality == "text" else d2v2_image)(tmp_path / f"{modality}.pt")
+    cfg.init = str(path)
+    if modality == "text":
+        cfg.vocab_size, cfg.max_len = 50, 8
+        encoder = build_text_encoder(cfg, pad_id=1)
+    else:
+        encoder = build_image_encoder(cfg)
+    init_encoder(encoder, cfg, modality)
+    state = read_checkpoint(path).state
+    compared = 0
+    for key, value in encoder.state_dict().items():
+        expected = _file_tensor(state, key, prenet=1 if modality == "image" else 0)
+        if expected is not None:
+            torch.testing.assert_close(value, expected, rtol=0, atol=0)
+            compared += 1
+    assert compared == 12 * DEPTH  # 12 tensors per block, every block
+
+
+def test_converted_beitv2_teacher_holds_the_files_tensors(tmp_path):
+    """unilm's BEiT v2 .pth as the chapters 3-5 teacher: blocks, CLS and patch projection are
+    the file's tensors (q/v biases joined around a zero k bias, as BEiT defines it)."""
+    from common.models.converters import encoder_from_checkpoint
+
+    path = beitv2_checkpoint(tmp_path / "beitv2_base_patch16_224_pt1k.pth", dim=D, depth=DEPTH,
+                             heads=HEADS, image_size=32)
+    ckpt = read_checkpoint(path)
+    base = chapter("separate_self_attention").load_config("full").image
+    base.image_size = 32
+    encoder, _ = encoder_from_checkpoint(ckpt, base)
+    state, ours = ckpt.state, encoder.state_dict()
+    same = [k for k in ours if k in state]
+    for key in same:
+        torch.testing.assert_close(ours[key], state[key], rtol=0, atol=0)
+    assert len(same) >= 9 * DEPTH  # norms, qkv/proj/fc weights, proj/fc biases of every block
+    for k in range(DEPTH):
+        q, v = state[f"blocks.{k}.attn.q_bias"], state[f"blocks.{k}.attn.v_bias"]
+        torch.testing.assert_close(ours[f"blocks.{k}.attn.qkv.bias"], torch.cat([q, 0 * q, v]))
+    torch.testing.assert_close(ours["embed.cls_token"], state["cls_token"], rtol=0, atol=0)
+    torch.testing.assert_close(ours["embed.patch_embed.proj.weight"], state["patch_embed.proj.weight"])

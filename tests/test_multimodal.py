@@ -242,3 +242,35 @@ def test_seed_count_from_environment(monkeypatch):
     monkeypatch.setenv("SEEDS", "three")
     with pytest.raises(ConfigError, match="SEEDS"):
         seed_count(1)
+
+
+def test_embed_trainable_keeps_only_the_named_embedding_parameters_training():
+    """Chapters 3-5 (full): the image CLS token and the text token table train inside frozen
+    embeddings, and train.no_decay exempts exactly those from weight decay."""
+    image = ImageEncoderConfig(**TINY, depth=1, image_size=8, patch_size=4, freeze_embed=True,
+                               embed_trainable=["cls_token"])
+    text = TextEncoderConfig(**TINY, depth=1, vocab_size=50, max_len=8, freeze_embed=True,
+                             embed_trainable=["token_embed"])
+    model = build_multimodal(image, text, EncoderConfig(**TINY, depth=1), HeadConfig(), PAD, False)
+    images, ids, pad = inputs()
+    img, txt, _ = model(images, ids, pad)
+    readout = torch.randn(16)
+    ((img.kd @ readout).sum() + (txt.kd @ readout).sum()).backward()
+    trained = {n for n, p in model.named_parameters() if n.startswith(("image.embed.", "text.embed."))
+               and p.grad is not None}
+    assert trained == {"image.embed.cls_token", "text.embed.token_embed.weight"}
+    groups = param_groups(model, 0.01, no_decay=["image.embed.cls_token", "text.embed.token_embed"])
+    decay = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    assert decay["image.embed.cls_token"] == decay["text.embed.token_embed.weight"] == 0.0
+    assert "image.embed.patch_embed.proj.weight" not in decay  # still frozen
+    with pytest.raises(ConfigError, match=r"embed_trainable=\['cls'\]"):
+        build_multimodal(ImageEncoderConfig(**TINY, depth=1, image_size=8, patch_size=4,
+                                            freeze_embed=True, embed_trainable=["cls"]),
+                         text, EncoderConfig(**TINY, depth=1), HeadConfig(), PAD, False)
+
+
+def test_no_decay_naming_only_frozen_parameters_is_a_config_error():
+    """Before: train.no_decay on a frozen embedding silently did nothing (chapter 3 full)."""
+    with pytest.raises(ConfigError, match=r"train.no_decay=\['image.embed.cls_token'\] names no "
+                                          r"trainable parameter"):
+        param_groups(build(freeze=True), 0.01, no_decay=["image.embed.cls_token"])

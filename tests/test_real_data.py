@@ -6,13 +6,11 @@ import io
 import json
 import pickle
 import sys
-import tarfile
 import types
 
 import numpy as np
 import PIL.Image
 import pytest
-import tokenizers
 import torch
 
 from common.config import DataConfig
@@ -32,180 +30,11 @@ from common.data.tokenizer import build_tokenizer
 from common.data.transforms import eval_transform, train_transform
 from common.data.visual_genome import prepare_visual_genome
 from common.errors import DataError
+from common.fixtures import (OWT_DOCS, cifar_expected, write_cc3m, write_cifar_archives, write_coco,
+                             write_flickr, write_gpt2_files, write_imagenet, write_openwebtext,
+                             write_visual_genome)
 from common.evaluation import knn_metrics
 from common.knn import KnnConfig, KnnSets
-
-
-# ---------------------------------------------------------------------------- fixture writers
-def write_jpeg(path, colour, size=(20, 16)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    PIL.Image.new("RGB", size, colour).save(path, "JPEG")
-
-
-def karpathy_entry(split, filename, captions, filepath=None):
-    entry = {"split": split, "filename": filename, "imgid": 0, "sentids": [],
-             "sentences": [{"raw": c, "tokens": c.split()} for c in captions]}
-    if filepath:
-        entry["filepath"] = filepath
-    return entry
-
-
-def write_coco(root):
-    folder = root / "coco"
-    images = []
-    for i, split in enumerate(["train", "train", "restval", "val", "test", "test", "test"]):
-        sub = "train2014" if split == "train" else "val2014"
-        name = f"COCO_{sub}_{i:012d}.jpg"
-        if i != 6:  # the last test image is missing on disk: skipped and counted
-            write_jpeg(folder / sub / name, (30 * i, 100, 200))
-        caps = [f"coco image {i} caption {k}" for k in range(5)]
-        if i == 4:
-            caps[2] = "   "  # an empty caption: dropped and counted
-        images.append(karpathy_entry(split, name, caps, filepath=sub))
-    (folder / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
-
-
-def write_flickr(root):
-    folder = root / "flickr30k"
-    images = []
-    for i, split in enumerate(["train", "val", "test", "test"]):
-        write_jpeg(folder / "flickr30k-images" / f"{1000 + i}.jpg", (0, 20 * i, 50))
-        images.append(karpathy_entry(split, f"{1000 + i}.jpg",
-                                     [f"flickr {i} line\n{k}" for k in range(5)]))
-    (folder / "dataset_flickr30k.json").write_text(json.dumps({"images": images}))
-
-
-def cifar_images(n, seed):
-    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-
-
-def cifar_expected():
-    """{variant_split: (HxWx3 images, labels)} of the CIFAR fixture, 2-4 images per batch."""
-    expected = {}
-    batches = [cifar_images(2, b) for b in range(1, 6)]
-    expected["cifar10_train"] = (np.concatenate(batches),
-                                 [x for b in range(1, 6) for x in (b % 10, (b + 3) % 10)])
-    expected["cifar10_test"] = (cifar_images(3, 9), [7, 8, 9])
-    for split, n, seed in (("train", 4, 20), ("test", 2, 21)):
-        expected[f"cifar100_{split}"] = (cifar_images(n, seed),
-                                         [(seed * 7 + 13 * k) % 100 for k in range(n)])
-    return expected
-
-
-def write_cifar_archives(root):
-    """Both official archives, pickled as the originals (byte-string keys)."""
-    def rows(images):
-        return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-
-    expected = cifar_expected()
-    folder, build = root / "cifar", root / "cifar_build"
-    c10, c100 = build / "cifar-10-batches-py", build / "cifar-100-python"
-    c10.mkdir(parents=True)
-    c100.mkdir()
-    images, labels = expected["cifar10_train"]
-    for b in range(5):
-        (c10 / f"data_batch_{b + 1}").write_bytes(pickle.dumps(
-            {b"batch_label": b"training batch", b"data": rows(images[2 * b:2 * b + 2]),
-             b"labels": labels[2 * b:2 * b + 2], b"filenames": [b"x.png"] * 2}))
-    images, labels = expected["cifar10_test"]
-    (c10 / "test_batch").write_bytes(pickle.dumps({b"data": rows(images), b"labels": labels}))
-    (c10 / "batches.meta").write_bytes(pickle.dumps(
-        {b"label_names": [f"c10_{k}".encode() for k in range(10)], b"num_vis": 3072}))
-    for split in ("train", "test"):
-        images, fine = expected[f"cifar100_{split}"]
-        (c100 / split).write_bytes(pickle.dumps(
-            {b"data": rows(images), b"fine_labels": fine,
-             b"coarse_labels": [f % 20 for f in fine]}))
-    (c100 / "meta").write_bytes(pickle.dumps(
-        {b"fine_label_names": [f"c100_{k}".encode() for k in range(100)],
-         b"coarse_label_names": [f"super_{k}".encode() for k in range(20)]}))
-    folder.mkdir()
-    for archive, sub in (("cifar-10-python.tar.gz", c10), ("cifar-100-python.tar.gz", c100)):
-        with tarfile.open(folder / archive, "w:gz") as tar:
-            tar.add(sub, arcname=sub.name)
-
-
-IMAGENET_FOLDERS = ("n01440764", "n01443537", "n15075141")  # classes 0, 1, 999
-
-
-def write_imagenet(root):
-    for wnid in IMAGENET_FOLDERS:
-        for k in range(2):
-            write_jpeg(root / "imagenet" / "val" / wnid / f"ILSVRC2012_val_{wnid}_{k}.JPEG",
-                       (k * 90, 40, 40))
-
-
-def write_cc3m(root, tmp):
-    """An index of 7 rows: 4 images, 1 missing file, 1 text file posing as an image, and an
-    image whose caption is blank."""
-    urls = []
-    for i in range(7):
-        path = tmp / "web" / f"img{i}.jpg"
-        if i == 1:
-            pass  # never written: a dead link
-        elif i == 3:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("<html>this image is no longer available</html>")
-        else:
-            write_jpeg(path, (200, 10 * i, 0))
-        urls.append(path.as_uri())
-    index = tmp / "Train_GCC-training.tsv"
-    captions = [f"cc3m caption {i}" for i in range(6)] + ["  "]
-    index.write_text("".join(f"{c}\t{u}\n" for c, u in zip(captions, urls)))
-    return index
-
-
-def write_visual_genome(root):
-    folder = root / "visual_genome"
-    write_jpeg(folder / "VG_100K" / "1.jpg", (10, 10, 10))
-    write_jpeg(folder / "VG_100K_2" / "2.jpg", (90, 90, 90))
-    regions = [
-        {"id": 1, "regions": [{"region_id": 1, "image_id": 1, "phrase": "a red hat", "x": 0,
-                               "y": 0, "width": 5, "height": 5},
-                              {"region_id": 2, "image_id": 1, "phrase": " ", "x": 1, "y": 1,
-                               "width": 3, "height": 3}]},
-        {"id": 2, "regions": [{"region_id": 3, "image_id": 2, "phrase": "man on a bench",
-                               "x": 0, "y": 0, "width": 8, "height": 8},
-                              {"region_id": 4, "image_id": 2, "phrase": "green tree", "x": 2,
-                               "y": 2, "width": 4, "height": 4}]},
-        {"id": 3, "regions": [{"region_id": 5, "image_id": 3, "phrase": "no image here",
-                               "x": 0, "y": 0, "width": 1, "height": 1}]},
-    ]
-    (folder / "region_descriptions.json").write_text(json.dumps(regions))
-
-
-OWT_DOCS = {
-    "urlsf_subset00-1_data.xz": {"0001-a.txt": "First line of a web page.\n\n\nSecond\x00 line.\n",
-                                 "0002-b.txt": "\n  \nOnly one line here, caf\u00e9.\n"},
-    "urlsf_subset00-2_data.xz": {"0003-c.txt": "Another page with text.\nAnd more."},
-    "urlsf_subset05-1_data.xz": {"0004-d.txt": "A validation page.\n\nWith two lines."},
-    "urlsf_subset07-1_data.xz": {"0005-e.txt": "Not in subsets 0-5."},
-}
-
-
-def write_openwebtext(root):
-    raw = root / "openwebtext" / "raw" / "openwebtext"
-    raw.mkdir(parents=True)
-    for archive, docs in OWT_DOCS.items():
-        with tarfile.open(raw / archive, "w:xz") as tar:
-            for name, text in docs.items():
-                data = text.encode("utf-8")
-                info = tarfile.TarInfo(f"{archive[:-3]}/{name}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
-def write_gpt2_files(folder):
-    """A tiny byte-level BPE in GPT-2's file format (vocab.json + merges.txt)."""
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([t for docs in OWT_DOCS.values() for t in docs.values()] * 5,
-                            trainer=trainer)
-    folder.mkdir(parents=True)
-    bpe.model.save(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +46,7 @@ def root(tmp_path_factory):
     write_cifar_archives(root)
     write_imagenet(root)
     write_visual_genome(root)
-    index = write_cc3m(root, tmp_path_factory.mktemp("cc3m_web"))
+    index = write_cc3m(tmp_path_factory.mktemp("cc3m_web"))
     prepare_karpathy("coco", root)
     prepare_karpathy("flickr30k", root)
     prepare_cifar(root, verify=False)
@@ -362,7 +191,7 @@ def test_cc3m_keeps_first_available_and_counts_unavailable(root):
 
 
 def test_cc3m_resume_skips_done_rows_and_retries_transient_failures(tmp_path):
-    index = write_cc3m(tmp_path, tmp_path)
+    index = write_cc3m(tmp_path)
     calls = []
     flaky = {"img2.jpg": 2}  # fails twice with a connection error, then works
 
@@ -553,3 +382,17 @@ def test_a_cifar_batch_with_a_code_payload_is_refused_without_running_it(tmp_pat
     with pytest.raises(DataError, match="is corrupt .*pathlib.*not allowed"):
         _unpickle(tmp_path / "data_batch_1")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_zero_shot_quick_check_keeps_the_first_classes_and_templates_and_says_so(root):
+    from common.data.sources import zero_shot_name, zero_shot_source
+
+    full = real(root)
+    assert len(zero_shot_source(full, "imagenet_val")) == 6
+    assert len(prompt_templates(full)) == 80 and zero_shot_name(full, "imagenet_val") == "imagenet"
+    quick = real(root, zero_shot_classes=2, zero_shot_templates=3)
+    subset = zero_shot_source(quick, "imagenet_val")
+    assert len(subset) == 4 and [subset.label(i) for i in range(4)] == [0, 0, 1, 1]
+    assert list(subset.classnames) == list(CLASSNAMES[:2])
+    assert prompt_templates(quick) == list(TEMPLATES[:3])
+    assert zero_shot_name(quick, "imagenet_val") == "imagenet-first2cls-3tmpl"

@@ -114,10 +114,55 @@ class FirstImages:
         return index
 
 
+class FirstClasses:
+    """The images of a labelled source whose class is one of its first ``classes``."""
+
+    def __init__(self, source: DataSource, classes: int) -> None:
+        self.source, self.classnames = source, list(source.classnames)[:classes]
+        self.index = [i for i in range(len(source)) if source.label(i) < classes]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return f"FirstClasses({self.source!r}, {len(self.classnames)})"
+
+    def image(self, index: int) -> ImageLike:
+        return self.source.image(self.index[index])
+
+    def captions(self, index: int) -> Sequence[str]:
+        return self.source.captions(self.index[index])
+
+    def label(self, index: int) -> int:
+        return self.source.label(self.index[index])
+
+
 def prompt_templates(cfg: DataConfig) -> List[str]:
     """Zero-shot prompt templates ("a photo of a {}.") for the classes of ``cfg``'s data:
-    the synthetic world's, or CLIP's 80 ImageNet templates for real data."""
-    return list(TEMPLATES if cfg.source == "synthetic" else CLIP_TEMPLATES)
+    the synthetic world's, or CLIP's 80 ImageNet templates for real data (the first
+    ``data.zero_shot_templates`` of them when that is set)."""
+    if cfg.source == "synthetic":
+        return list(TEMPLATES)
+    return list(CLIP_TEMPLATES[:cfg.zero_shot_templates or None])
+
+
+def zero_shot_source(cfg: DataConfig, role: str) -> DataSource:
+    """The classification set of ``role`` for zero-shot evaluation: real data keeps only
+    the first ``data.zero_shot_classes`` classes when that is set (a quick check)."""
+    source = open_source(cfg, role)
+    if cfg.source == "real" and 0 < cfg.zero_shot_classes < len(source.classnames):
+        return FirstClasses(source, cfg.zero_shot_classes)
+    return source
+
+
+def zero_shot_name(cfg: DataConfig, role: str) -> str:
+    """The ``dataset`` column of zero-shot rows: the set's name, plus the quick-check cuts."""
+    name = dataset_name(cfg, role)
+    if cfg.source == "real" and cfg.zero_shot_classes:
+        name += f"-first{cfg.zero_shot_classes}cls"
+    if cfg.source == "real" and 0 < cfg.zero_shot_templates < len(CLIP_TEMPLATES):
+        name += f"-{cfg.zero_shot_templates}tmpl"
+    return name
 
 
 def open_source(cfg: DataConfig, role: str, label: str = "fine") -> DataSource:

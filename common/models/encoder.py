@@ -14,7 +14,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from common.config import EncoderConfig, ImageEncoderConfig, TextEncoderConfig
+from common.config import ConfigError, EncoderConfig, ImageEncoderConfig, TextEncoderConfig
 from common.models.attention import ALiBi, attention_mask
 from common.models.block import Block
 from common.models.embed import ImageEmbed, ModalityEmbed, TextEmbed
@@ -54,7 +54,8 @@ class Encoder(nn.Module):
     blocks); they are then called through :meth:`forward_tokens` with ``distances``. The
     embedding is not re-initialised here, so a pretrained or shared one can be passed in.
     With ``cfg.freeze_embed`` its parameters stop requiring grad and it always runs in eval
-    mode under ``torch.no_grad()``.
+    mode, under ``torch.no_grad()`` unless ``cfg.embed_trainable`` names parameters of it that
+    keep training (e.g. ``cls_token``; autograd then skips the frozen patch projection).
     """
 
     def __init__(self, embed: Optional[ModalityEmbed], cfg: EncoderConfig):
@@ -87,6 +88,17 @@ class Encoder(nn.Module):
         if self.freeze_embed:
             self.embed.requires_grad_(False)
             self.embed.eval()
+            names = dict(self.embed.named_parameters())
+
+            def named(key: str, n: str) -> bool:  # the parameter itself or one of its module's
+                return key == n or key.startswith(n + ".")
+
+            unknown = [n for n in cfg.embed_trainable if not any(named(k, n) for k in names)]
+            if unknown:
+                raise ConfigError(f"config error: embed_trainable={unknown}: the embedding has no "
+                                  f"such parameters (it has {sorted(names)})")
+            for key, param in names.items():
+                param.requires_grad_(any(named(key, n) for n in cfg.embed_trainable))
 
     def train(self, mode: bool = True) -> "Encoder":
         super().train(mode)
@@ -98,7 +110,7 @@ class Encoder(nn.Module):
         """Raw inputs -> tokens ``[B, T, D]``, honouring ``freeze_embed``."""
         if self.embed is None:
             raise ValueError("this encoder has no embedding; call forward_tokens with tokens")
-        if self.freeze_embed:
+        if self.freeze_embed and not any(p.requires_grad for p in self.embed.parameters()):
             with torch.no_grad():
                 return self.embed(inputs)
         return self.embed(inputs)

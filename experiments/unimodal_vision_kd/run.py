@@ -163,9 +163,10 @@ def build_model(cfg: VisionKdConfig, embed: Optional[ImageEmbed] = None) -> Visi
     on ``embed`` (the teacher's, shared) or, for the eval CLIs, on a fresh embedding shaped
     like the teacher's (``cfg.shared_embed``) whose weights the checkpoint then provides."""
     s, e = cfg.student, cfg.shared_embed
-    if not s.freeze_embed:
-        raise ConfigError("config error: student.freeze_embed=false would train the teacher's "
-                          "shared patch embedding; it must stay true in this chapter")
+    if not s.freeze_embed or s.embed_trainable:
+        raise ConfigError("config error: student.freeze_embed=false or student.embed_trainable "
+                          "would train the teacher's shared patch embedding; keep freeze_embed=true "
+                          "and embed_trainable=[] in this chapter")
     if embed is None:
         embed = ImageEmbed(s.image_size, s.patch_size, s.in_chans, s.dim, norm=e.norm,
                            norm_eps=e.norm_eps, abs_pos=e.abs_pos)
