@@ -1,11 +1,15 @@
 """Entry-point wrapper for chapter scripts and eval CLIs: ``if __name__ == "__main__": main(run)``.
 
 Mistakes a user can make end in one readable line and exit status 2 instead of a
-traceback; bugs (any other exception) still show their full traceback.
+traceback; bugs (any other exception) still show their full traceback. ``MMKD_DEBUG=1``
+logs at DEBUG level and adds the full traceback (with its causes) of a user error after
+its line.
 """
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -14,8 +18,11 @@ from common.errors import UserError
 log = logging.getLogger("mmkd")
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Concise console logging (time, logger, message) for every ``mmkd`` entry point."""
+def setup_logging(level: int | None = None) -> None:
+    """Concise console logging (time, logger, message) for every ``mmkd`` entry point; INFO,
+    or DEBUG under ``MMKD_DEBUG=1``."""
+    if level is None:
+        level = logging.DEBUG if os.environ.get("MMKD_DEBUG") == "1" else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
@@ -26,9 +33,26 @@ def main(fn: Callable[[], Any]) -> None:
     try:
         fn()
     except UserError as err:
-        log.error("error: %s", " ".join(str(err).split()) or type(err).__name__)
+        log.error("error: %s", one_line(err))
+        log.debug("the error in full:", exc_info=err)
         sys.exit(2)
     except KeyboardInterrupt:
         log.error("error: interrupted; checkpoints written so far are kept "
                   "(continue with train.resume=auto)")
         sys.exit(2)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line. An error re-raised by a DataLoader worker carries
+    the worker's whole traceback in its message ("Caught DataError in DataLoader worker
+    process 0. Original Traceback ..."); only the original message is kept from it."""
+    text = str(err)
+    worker = re.match(r"Caught \w+ in (DataLoader worker process \d+)\.\n", text)
+    if worker and "Original Traceback" in text:
+        lines = text.rstrip("\n").splitlines()
+        start = len(lines)  # the last exception's own lines: the unindented tail
+        while start > 0 and lines[start - 1] and not lines[start - 1].startswith(" "):
+            start -= 1
+        message = re.sub(r"^[\w.]+: ", "", "\n".join(lines[start:]), count=1)
+        text = f"{message} (in {worker.group(1)})"
+    return " ".join(text.split()) or type(err).__name__

@@ -30,3 +30,15 @@ def test_bugs_propagate_and_success_returns():
     with pytest.raises(ZeroDivisionError):
         main(lambda: 1 / 0)
     assert main(lambda: 42) is None
+
+
+def test_debug_adds_the_full_cause(caplog, monkeypatch):
+    monkeypatch.setenv("MMKD_DEBUG", "1")
+
+    def fn():
+        raise ConfigError("train.lr=0: must be > 0") from ValueError("the cause")
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(SystemExit):
+        main(fn)
+    full = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    assert len(full) == 1 and full[0].exc_info[1].__cause__.args == ("the cause",)

@@ -15,6 +15,8 @@ import torch
 import common.checkpoint as checkpoint_module
 from common.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, list_checkpoints,
                                load_weights, resolve_resume)
+from common.cli import main
+from common.data.transforms import load_image
 from common.errors import DataError, TrainingDiverged
 from common.train import WEIGHT_LIMIT, fit
 from test_train import ToyStream, cfg, make_model, step_fn
@@ -149,3 +151,31 @@ def test_diverging_run_names_a_checkpoint_with_sane_weights(tmp_path):
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged)
+
+
+# ------------------------------------------------------------- DataLoader worker failure
+class CorruptImageStream(ToyStream):
+    """A stream whose item 13 is a corrupt image file, read in a DataLoader worker."""
+
+    def __init__(self, image):
+        super().__init__()
+        self.image = image
+
+    def __getitem__(self, k):
+        if k == 13:
+            load_image(self.image)
+        return super().__getitem__(k)
+
+
+def test_worker_failure_is_the_original_line_without_the_worker_traceback(tmp_path, caplog):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stop:
+        main(lambda: fit(make_model(), step_fn, CorruptImageStream(bad), cfg(steps=4, eval_every=0),
+                         tmp_path / "run", num_workers=1))
+    assert stop.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith(f"error: cannot read image {bad} (OSError: Truncated File Read)")
+    assert errors[0].endswith("annotation file (in DataLoader worker process 0)")
+    assert "Traceback" not in errors[0] and "File \"" not in errors[0]
