@@ -16,6 +16,7 @@ import csv
 import functools
 import glob
 import os
+import re
 import stat
 import subprocess
 import tempfile
@@ -67,12 +68,16 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> N
     model, dataset, steps, seed: the same run evaluated again, e.g. a finished run started a
     second time) is replaced by it, not repeated. A file with columns this version does not
     know is one :class:`DataError` line and is left as it is.
+
+    Temp files: removed on any exception; one left by a writer killed mid-append (kill -9)
+    is removed by the next append, which holds the lock, so no other writer owns it.
     """
     path = Path(path)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     new = [_complete(dict(r), now) for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
+        _remove_orphan_temps(path)
         old = _read_rows(path)
         try:
             _check_keys(old, f"existing file {path}")
@@ -95,6 +100,15 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> N
         except BaseException:
             os.unlink(tmp)
             raise
+
+
+def _remove_orphan_temps(path: Path) -> None:
+    """Delete temp files of ``path`` (``tempfile.mkstemp`` names, as :func:`append_rows`
+    makes them); call it only while holding the file's lock."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if pattern.fullmatch(tmp.name):
+            tmp.unlink(missing_ok=True)
 
 
 ROW_KEY = ("chapter", "run", "model", "dataset", "steps", "seed")

@@ -8,6 +8,8 @@ configs and pickles.
 import errno
 import json
 import logging
+import os
+import tempfile
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from common.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, list_chec
 from common.cli import main
 from common.data.transforms import load_image
 from common.errors import DataError, TrainingDiverged
+from common.results import append_rows, load_results
 from common.train import WEIGHT_LIMIT, fit
 from test_train import ToyStream, cfg, make_model, step_fn
 
@@ -179,3 +182,19 @@ def test_worker_failure_is_the_original_line_without_the_worker_traceback(tmp_pa
     assert errors[0].startswith(f"error: cannot read image {bad} (OSError: Truncated File Read)")
     assert errors[0].endswith("annotation file (in DataLoader worker process 0)")
     assert "Traceback" not in errors[0] and "File \"" not in errors[0]
+
+
+# ------------------------------------------------------------------ results writer
+def test_a_writer_killed_mid_append_leaves_no_orphan_temp_after_the_next_append(tmp_path):
+    path = tmp_path / "r.csv"
+    row = {"chapter": "shre", "run": "tiny", "model": "student", "dataset": "coco5k", "i2t_r1": 1.0}
+    append_rows(path, [row])
+    # what `kill -9` during the write leaves: a mkstemp temp beside the file
+    fd, orphan = tempfile.mkstemp(dir=tmp_path, prefix=".r.csv.", suffix=".tmp")
+    os.write(fd, b"chapter,run\nshre,ha")
+    os.close(fd)
+    other = tmp_path / ".r.csv.notes.tmp"  # not a name append_rows makes: left alone
+    other.write_text("mine")
+    append_rows(path, [{**row, "run": "second"}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r.csv.notes.tmp", "r.csv", "r.csv.lock"]
+    assert load_results(path)["run"].tolist() == ["tiny", "second"]
