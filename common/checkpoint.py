@@ -30,6 +30,7 @@ earlier checkpoints as they are and raises one :class:`DataError` line. Nothing 
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import json
 import logging
@@ -37,7 +38,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -84,6 +85,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(_unb64(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run a block without consuming the caller's random numbers: the python, numpy and
+    torch (and CUDA) states are put back afterwards. Around cached builds (tiny teachers,
+    tokenizers), so a run's numbers do not depend on whether the cache was cold or warm."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def _b64(byte_tensor: torch.Tensor) -> str:

@@ -13,11 +13,13 @@ import tempfile
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import common.checkpoint as checkpoint_module
 from common.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, list_checkpoints,
                                load_weights, resolve_resume)
 from common.cli import main
+from common.config import parse_cli
 from common.data.transforms import load_image
 from common.errors import DataError, TrainingDiverged
 from common.results import append_rows, load_results
@@ -198,3 +200,23 @@ def test_a_writer_killed_mid_append_leaves_no_orphan_temp_after_the_next_append(
     append_rows(path, [{**row, "run": "second"}])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".r.csv.notes.tmp", "r.csv", "r.csv.lock"]
     assert load_results(path)["run"].tolist() == ["tiny", "second"]
+
+
+# ------------------------------------------------------------------ cold vs warm cache
+def test_a_cold_teacher_cache_gives_the_numbers_of_a_warm_one(tmp_path, monkeypatch):
+    from test_shre import CHAPTER, FEW_STEPS, shre
+
+    monkeypatch.setenv("MMKD_CACHE", str(tmp_path / "cache"))  # cold: teacher and tokenizer
+    runs = []
+    for name in ("cold", "warm"):
+        monkeypatch.setenv("MMKD_RUNS", str(tmp_path / name / "runs"))
+        monkeypatch.setenv("MMKD_RESULTS", str(tmp_path / name / "results"))
+        rows = shre.run(parse_cli(shre.ShreConfig, CHAPTER, [*FEW_STEPS, "train.eval_every=0"]))
+        ckpt = list_checkpoints(tmp_path / name / "runs" / "shre" / "shre")[-1]
+        runs.append((load_file(str(ckpt / MODEL_FILE)), rows))
+    (cold, cold_rows), (warm, warm_rows) = runs
+    assert cold.keys() == warm.keys()
+    assert all(torch.equal(cold[k], warm[k]) for k in cold)
+    def numbers(rows):
+        return [{k: v for k, v in r.items() if k not in ("timestamp", "train_minutes")} for r in rows]
+    assert numbers(cold_rows) == numbers(warm_rows)
