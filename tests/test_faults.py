@@ -20,6 +20,7 @@ from common.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, list_chec
                                load_weights, resolve_resume)
 from common.cli import main
 from common.config import parse_cli
+from common.data.cifar import prepare_cifar
 from common.data.transforms import load_image
 from common.errors import DataError, TrainingDiverged
 from common.results import append_rows, load_results
@@ -220,3 +221,28 @@ def test_a_cold_teacher_cache_gives_the_numbers_of_a_warm_one(tmp_path, monkeypa
     def numbers(rows):
         return [{k: v for k, v in r.items() if k not in ("timestamp", "train_minutes")} for r in rows]
     assert numbers(cold_rows) == numbers(warm_rows)
+
+
+# ---------------------------------------------------------------- interrupted CIFAR extraction
+def test_an_interrupted_cifar_extraction_is_extracted_again(tmp_path):
+    from test_real_data import write_cifar_archives
+
+    write_cifar_archives(tmp_path)
+    folder = tmp_path / "cifar"
+    partial = folder / "cifar-10-batches-py"  # killed after the first member (older versions)
+    partial.mkdir()
+    (partial / "data_batch_1").write_bytes(b"\x80\x04")
+    (folder / ".cifar-100-python.tmp" / "cifar-100-python").mkdir(parents=True)  # killed now
+    splits = prepare_cifar(tmp_path, verify=False)["splits"]
+    assert splits["cifar10_train"]["count"] == 10 and splits["cifar100_test"]["count"] == 2
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["cifar-10-batches-py",
+                                                                      "cifar-100-python"]
+    # a damaged extracted folder: --force extracts it again from the archive
+    (partial / "test_batch").write_bytes(b"\x80\x04")
+    assert prepare_cifar(tmp_path, verify=False, force=True)["splits"]["cifar10_test"]["count"] == 3
+    # without an archive to extract from, an incomplete folder is one line naming both
+    (folder / "cifar-10-python.tar.gz").unlink()
+    (partial / "batches.meta").unlink()
+    with pytest.raises(DataError, match="is incomplete .no batches.meta. and there is no") as err:
+        prepare_cifar(tmp_path, verify=False, force=True)
+    one_line(err.value)
