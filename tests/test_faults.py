@@ -246,3 +246,22 @@ def test_an_interrupted_cifar_extraction_is_extracted_again(tmp_path):
     with pytest.raises(DataError, match="is incomplete .no batches.meta. and there is no") as err:
         prepare_cifar(tmp_path, verify=False, force=True)
     one_line(err.value)
+
+
+# ------------------------------------------------------------------ corrupt test image
+def test_a_corrupt_test_image_stops_the_run_before_training(tmp_path):
+    from common.config import EvalConfig
+    from common.data.prepare import prepare
+    from common.experiment import EvalSets
+    from test_real_data import real, write_coco
+
+    write_coco(tmp_path)
+    prepare(["coco", "--root", str(tmp_path)])
+    evals = EvalConfig(retrieval=["coco_test"], zero_shot="")
+    EvalSets(real(tmp_path, image_size=16), evals)  # intact: passes
+    second = tmp_path / "coco" / "val2014" / "COCO_val2014_000000000005.jpg"
+    second.write_bytes(second.read_bytes()[:200])  # a truncated download
+    EvalSets(real(tmp_path, image_size=16, coco_test_size=1), evals)  # only the first is used
+    with pytest.raises(DataError) as err:
+        EvalSets(real(tmp_path, image_size=16), evals)
+    assert one_line(err.value).startswith(f"cannot read image {second} (")
