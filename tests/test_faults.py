@@ -1,15 +1,24 @@
 """Issue 15: every fault a user can cause ends in one clear line, and nothing is lost.
 
 One test (or one parametrised test) per row of the issue's table, at the lowest level that
-reproduces the fault quickly: damaged checkpoints, a torn metrics line, a full disk, a
-diverging run, worker failures, results files, cold/warm caches, CIFAR extraction, bad
-configs and pickles.
+reproduces the fault quickly. Rows whose tests live beside the code they exercise:
+
+- torn last line of ``metrics.jsonl``: test_train.py::test_a_torn_metrics_line_is_dropped_on_resume
+- results CSV with a foreign column, the same run again: test_results.py::
+  test_a_results_file_with_a_foreign_column_is_one_line_and_kept,
+  test_the_same_run_again_replaces_its_rows (end to end: test_shre.py::
+  test_tiny_run_writes_result_rows_and_resumes_without_retraining)
+- ``image.init=evil.pt``: test_converters.py::test_a_checkpoint_with_a_code_payload_loads_without_running_it
+- a CIFAR batch with a pickle payload: test_real_data.py::
+  test_a_cifar_batch_with_a_code_payload_is_refused_without_running_it
+- every range rule with its message: test_presets.py::test_out_of_range_settings_are_one_line_before_anything_runs
 """
 import errno
 import json
 import logging
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,3 +274,20 @@ def test_a_corrupt_test_image_stops_the_run_before_training(tmp_path):
     with pytest.raises(DataError) as err:
         EvalSets(real(tmp_path, image_size=16), evals)
     assert one_line(err.value).startswith(f"cannot read image {second} (")
+
+
+# ------------------------------------------------------------------ settings out of range
+@pytest.mark.parametrize("override", ["train.steps=0", "train.steps=-3", "train.batch_size=0",
+                                      "eval.batch_size=0", "data.max_text_len=1",
+                                      "data.max_text_len=99"])
+def test_a_setting_out_of_range_exits_2_before_anything_is_written(override, caplog):
+    from test_shre import CHAPTER, shre
+
+    runs, results = (Path(os.environ[k]) for k in ("MMKD_RUNS", "MMKD_RESULTS"))
+    before = [sorted(p.rglob("*")) for p in (runs, results)]
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stop:
+        main(lambda: shre.run(parse_cli(shre.ShreConfig, CHAPTER, [override])))
+    assert stop.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and override.split("=")[0] in errors[0] and "\n" not in errors[0]
+    assert [sorted(p.rglob("*")) for p in (runs, results)] == before
