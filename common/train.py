@@ -118,7 +118,9 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
     # ---- resume or start fresh
     start_step, history, minutes_before, rng = 0, [], 0.0, None
     if ckpt is not None:
+        configured_lrs = list(scheduler.base_lrs)
         state = load_checkpoint(accelerator, ckpt, model, optimizer, scheduler)
+        _keep_configured_lrs(optimizer, scheduler, configured_lrs)
         _warn_config_changes(state.get("config", {}), _snapshot(cfg))
         start_step, history = state["step"], state["history"]
         minutes_before, rng = state["train_minutes"], state["rng"]
@@ -323,6 +325,19 @@ def _warn_config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     if changed:
         log.warning("resuming with changed train settings %s: the run will not match an "
                     "uninterrupted one", ", ".join(f"{k}={current[k]}" for k in changed))
+
+
+def _keep_configured_lrs(optimizer: torch.optim.Optimizer, scheduler: Any,
+                         lrs: list[float]) -> None:
+    """A checkpoint brings back the peak lrs it was trained with; a resume with another
+    ``train.lr`` (the advice after a divergence) must train at the new one from here on, on
+    the same schedule. Unchanged lrs are left alone, so an exact resume stays bit-exact."""
+    if list(scheduler.base_lrs) == lrs:
+        return
+    scheduler.base_lrs = list(lrs)
+    for group, lr, factor in zip(optimizer.param_groups, lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
 
 
 def _truncate_metrics(path: Path, start_step: int) -> None:
