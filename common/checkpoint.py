@@ -335,6 +335,9 @@ def load_checkpoint(accelerator: Accelerator, ckpt: Path, model: nn.Module,
 def _load_model(model: nn.Module, path: Path, strict: bool = True) -> None:
     try:
         load_model(model, str(path), strict=strict)
+    except SafetensorError as err:  # truncated, empty, not a safetensors file
+        raise DataError(f"weights file {path} is damaged ({err}); use another checkpoint of the "
+                        f"run (checkpoints/step_*) or train again") from None
     except RuntimeError as err:
         detail = " ".join(str(err).split())
         detail = detail if len(detail) < 300 else detail[:300] + "..."

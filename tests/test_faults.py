@@ -101,6 +101,16 @@ def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, caplog
     assert resolve_resume("auto", victim) == victim / "checkpoints" / "step_0000020"
 
 
+def test_evaluating_a_damaged_weights_file_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    fit(make_model(), step_fn, ToyStream(), cfg(steps=10, eval_every=0), run)
+    weights = run / "checkpoints" / "step_0000010" / MODEL_FILE
+    truncate(weights)
+    with pytest.raises(DataError, match="is damaged") as err:
+        load_weights(make_model(), weights)
+    assert one_line(err.value).startswith(f"weights file {weights} is damaged (")
+
+
 def test_no_intact_checkpoint_starts_fresh_with_one_warning(tmp_path, caplog):
     run = tmp_path / "run"
     fit(make_model(), step_fn, ToyStream(), cfg(steps=10, eval_every=0), run)
@@ -212,6 +222,23 @@ def test_a_writer_killed_mid_append_leaves_no_orphan_temp_after_the_next_append(
     append_rows(path, [{**row, "run": "second"}])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".r.csv.notes.tmp", "r.csv", "r.csv.lock"]
     assert load_results(path)["run"].tolist() == ["tiny", "second"]
+
+
+def test_a_full_disk_while_writing_results_is_one_line_and_keeps_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "r.csv"
+    row = {"chapter": "shre", "run": "tiny", "model": "student", "dataset": "coco5k", "i2t_r1": 1.0}
+    append_rows(path, [row])
+    before = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DataError) as err:
+        append_rows(path, [{**row, "run": "second"}])
+    assert one_line(err.value).startswith(f"cannot write results to {path} (No space left on device)")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv.lock"]
 
 
 # ------------------------------------------------------------------ cold vs warm cache
