@@ -320,3 +320,49 @@ def test_a_setting_out_of_range_exits_2_before_anything_is_written(override, cap
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and override.split("=")[0] in errors[0] and "\n" not in errors[0]
     assert [sorted(p.rglob("*")) for p in (runs, results)] == before
+
+
+# ------------------------------------------------------------------ end to end, tiny SHRe
+def test_tiny_shre_resumes_past_a_damaged_checkpoint_and_a_full_disk(tmp_path, monkeypatch, caplog):
+    """The tiny SHRe preset through its entry point: a full disk at the last checkpoint is one
+    line and exit 2 with the earlier checkpoint intact; the same command again finishes; a
+    damaged newest checkpoint is skipped with one warning and the rerun ends with the same
+    weights and rows."""
+    from test_shre import CHAPTER, FEW_STEPS, shre
+
+    args = [*FEW_STEPS, "train.ckpt_every=2", "train.eval_every=0"]
+    out = Path(os.environ["MMKD_RUNS"]) / "shre" / "shre"
+    real = checkpoint_module.save_model
+
+    def full_at_step_4(model, filename, **kw):
+        if "step_0000004" in filename:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(model, filename, **kw)
+
+    def chapter():
+        return shre.run(parse_cli(shre.ShreConfig, CHAPTER, args))
+
+    monkeypatch.setattr(checkpoint_module, "save_model", full_at_step_4)
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stop:
+        main(chapter)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert stop.value.code == 2 and len(errors) == 1
+    assert errors[0].startswith("error: cannot write checkpoint step_0000004 in ")
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000002"]
+    assert not list((out / "checkpoints").glob(".tmp*"))
+
+    monkeypatch.setattr(checkpoint_module, "save_model", real)
+    args.append("train.resume=auto")
+    rows = chapter()
+    weights = load_file(str(out / "checkpoints" / "step_0000004" / MODEL_FILE))
+    truncate(out / "checkpoints" / "step_0000004" / OPTIMIZER_FILE)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = chapter()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "step_0000004" in warnings[0] and "optimizer" in warnings[0]
+    rerun = load_file(str(out / "checkpoints" / "step_0000004" / MODEL_FILE))
+    assert all(torch.equal(weights[k], rerun[k]) for k in weights)
+    def numbers(rows):
+        return [{k: v for k, v in r.items() if k not in ("timestamp", "train_minutes")} for r in rows]
+    assert numbers(again) == numbers(rows)
