@@ -90,8 +90,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def rng_preserved() -> Iterator[None]:
     """Run a block without consuming the caller's random numbers: the python, numpy and
-    torch (and CUDA) states are put back afterwards. Around cached builds (tiny teachers,
-    tokenizers), so a run's numbers do not depend on whether the cache was cold or warm."""
+    torch (and CUDA) states are put back afterwards. Around cached builds (tiny teachers), so
+    a run's numbers do not depend on whether the cache was cold or warm."""
     state = rng_state()
     try:
         yield
@@ -283,14 +283,17 @@ def _write_manifest(folder: Path) -> None:
 
 
 def _write_error(final: Path, err: Exception) -> str:
-    """One line for a failed checkpoint write: what, where, how to fix."""
+    """One line for a failed checkpoint write: what, where, how to fix. safetensors reports
+    OS errors as text ("IoError(Os { code: 28, ... })"), hence the text match too."""
     where = final.parent
     code = getattr(err, "errno", None)
     text = " ".join(str(err).split())
-    if code == errno.ENOSPC or "No space left" in text:
-        reason, fix = "the disk is full", f"free space on {where} (or set MMKD_RUNS to a disk with room)"
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission denied" in text:
-        reason, fix = "permission denied", f"make {where} writable (or set MMKD_RUNS to a writable folder)"
+    if code == errno.ENOSPC or "no space left" in text.lower():
+        reason = "the disk is full"
+        fix = f"free space on {where} (or set MMKD_RUNS to a disk with room)"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "permission denied" in text.lower():
+        reason = "permission denied"
+        fix = f"make {where} writable (or set MMKD_RUNS to a writable folder)"
     else:
         reason, fix = text, f"check {where} (or set MMKD_RUNS to another folder)"
     return (f"cannot write checkpoint {final.name} in {where}: {reason}; {fix}, then continue with "
