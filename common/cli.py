@@ -1,12 +1,15 @@
 """Entry-point wrapper for chapter scripts and eval CLIs: ``if __name__ == "__main__": main(run)``.
 
 Mistakes a user can make end in one readable line and exit status 2 instead of a
-traceback; bugs (any other exception) still show their full traceback. ``MMKD_DEBUG=1``
+traceback, and so do OS errors of the machine rather than the code (a full disk or quota,
+a missing permission, a read-only file system: :data:`ENVIRONMENT_ERRNOS`), wherever they
+happen; bugs (any other exception) still show their full traceback. ``MMKD_DEBUG=1``
 logs at DEBUG level and adds the full traceback (with its causes) of a user error after
 its line.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -16,6 +19,8 @@ from typing import Any, Callable
 from common.errors import UserError
 
 log = logging.getLogger("mmkd")
+
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def setup_logging(level: int | None = None) -> None:
@@ -28,12 +33,22 @@ def setup_logging(level: int | None = None) -> None:
 
 
 def main(fn: Callable[[], Any]) -> None:
-    """Set up logging and run ``fn()``; a :class:`UserError` or Ctrl-C -> ``error: ...``, exit 2."""
+    """Set up logging and run ``fn()``; a :class:`UserError`, an OS error of the machine or
+    Ctrl-C -> ``error: ...``, exit 2."""
     setup_logging()
     try:
         fn()
     except UserError as err:
         log.error("error: %s", one_line(err))
+        log.debug("the error in full:", exc_info=err)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        log.error("error: %s%s; free space on (or fix the permissions of) the folders the run "
+                  "writes to, or point MMKD_RUNS / MMKD_RESULTS / MMKD_CACHE elsewhere, then run "
+                  "the same command again: finished checkpoints are kept", err.strerror, where)
         log.debug("the error in full:", exc_info=err)
         sys.exit(2)
     except KeyboardInterrupt:

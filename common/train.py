@@ -355,8 +355,11 @@ def _truncate_metrics(path: Path, start_step: int) -> None:
         if step is not None and step <= start_step:
             lines.append(line)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves the old file, not a stray temp
 
 
 def _train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:

@@ -42,3 +42,16 @@ def test_debug_adds_the_full_cause(caplog, monkeypatch):
         main(fn)
     full = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
     assert len(full) == 1 and full[0].exc_info[1].__cause__.args == ("the cause",)
+
+
+def test_os_errors_of_the_machine_are_one_line_others_propagate(caplog):
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/shre/metrics.jsonl")
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stop:
+        main(_fail(full))
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert stop.value.code == 2 and len(errors) == 1
+    assert errors[0].startswith("error: No space left on device (/runs/shre/metrics.jsonl); free space")
+    with pytest.raises(FileNotFoundError):  # not the machine's fault: a bug shows its traceback
+        main(_fail(FileNotFoundError(errno.ENOENT, "No such file or directory", "x")))
