@@ -60,14 +60,15 @@ def main(fn: Callable[[], Any]) -> None:
 def one_line(err: BaseException) -> str:
     """The message of ``err`` on one line. An error re-raised by a DataLoader worker carries
     the worker's whole traceback in its message ("Caught DataError in DataLoader worker
-    process 0. Original Traceback ..."); only the original message is kept from it."""
+    process 0. Original Traceback ... common.errors.DataError: <message>"); only the
+    original message is kept from it."""
     text = str(err)
-    worker = re.match(r"Caught \w+ in (DataLoader worker process \d+)\.\n", text)
-    if worker and "Original Traceback" in text:
-        lines = text.rstrip("\n").splitlines()
-        start = len(lines)  # the last exception's own lines: the unindented tail
-        while start > 0 and lines[start - 1] and not lines[start - 1].startswith(" "):
-            start -= 1
-        message = re.sub(r"^[\w.]+: ", "", "\n".join(lines[start:]), count=1)
-        text = f"{message} (in {worker.group(1)})"
+    worker = re.match(r"Caught (\w+) in (DataLoader worker process \d+)\.\n", text)
+    if worker:
+        lines = text.splitlines()
+        own = re.compile(rf"(?:[\w.]+\.)?{worker.group(1)}: ")  # the raised exception's own line
+        starts = [i for i, line in enumerate(lines) if own.match(line)]
+        if starts:
+            message = own.sub("", "\n".join(lines[starts[-1]:]), count=1)
+            text = f"{message} (in {worker.group(2)})"
     return " ".join(text.split()) or type(err).__name__

@@ -55,3 +55,13 @@ def test_os_errors_of_the_machine_are_one_line_others_propagate(caplog):
     assert errors[0].startswith("error: No space left on device (/runs/shre/metrics.jsonl); free space")
     with pytest.raises(FileNotFoundError):  # not the machine's fault: a bug shows its traceback
         main(_fail(FileNotFoundError(errno.ENOENT, "No such file or directory", "x")))
+
+
+def test_a_worker_error_keeps_only_its_own_message():
+    from common.cli import one_line
+    from common.errors import DataError
+
+    wrapped = DataError('Caught DataError in DataLoader worker process 3.\nOriginal Traceback (most '
+                        'recent call last):\n  File "x.py", line 1, in f\n    raise DataError(m)\n'
+                        'common.errors.DataError: bad image a.jpg:\n  re-download it\n')
+    assert one_line(wrapped) == "bad image a.jpg: re-download it (in DataLoader worker process 3)"
