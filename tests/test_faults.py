@@ -38,10 +38,16 @@ from common.train import WEIGHT_LIMIT, fit
 from test_train import ToyStream, cfg, make_model, step_fn
 
 
-def one_line(err: BaseException) -> str:
+def the_line(err: BaseException) -> str:
+    """The message of ``err``, asserting it is one non-empty line."""
     text = str(err)
     assert "\n" not in text and text
     return text
+
+
+def numbers(rows):
+    """Result rows without what differs between two identical runs."""
+    return [{k: v for k, v in r.items() if k not in ("timestamp", "train_minutes")} for r in rows]
 
 
 # ------------------------------------------------------------------ damaged checkpoints
@@ -89,7 +95,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, caplog
         assert "using the older step_0000010" in warnings[0]
         with pytest.raises(DataError, match="damaged") as err:  # named explicitly: no fallback
             resolve_resume(str(victim / "checkpoints" / "step_0000020"), victim)
-        one_line(err.value)
+        the_line(err.value)
 
     # the e2e recovery: resume retrains steps 11-20 and ends where the undamaged run ended
     victim = tmp_path / "model_truncated"
@@ -108,7 +114,7 @@ def test_evaluating_a_damaged_weights_file_is_one_line(tmp_path):
     truncate(weights)
     with pytest.raises(DataError, match="is damaged") as err:
         load_weights(make_model(), weights)
-    assert one_line(err.value).startswith(f"weights file {weights} is damaged (")
+    assert the_line(err.value).startswith(f"weights file {weights} is damaged (")
 
 
 def test_no_intact_checkpoint_starts_fresh_with_one_warning(tmp_path, caplog):
@@ -148,7 +154,7 @@ def test_disk_full_while_saving_is_one_line_and_keeps_earlier_checkpoints(tmp_pa
     monkeypatch.setattr(checkpoint_module, "save_model", full_disk)
     with pytest.raises(DataError) as err:
         fit(make_model(), step_fn, ToyStream(), cfg(steps=20, eval_every=0, resume="auto"), run)
-    msg = one_line(err.value)
+    msg = the_line(err.value)
     assert msg.startswith("cannot write checkpoint step_0000020 in ") and words in msg
     assert "train.resume=auto" in msg
     assert not list((run / "checkpoints").glob(".tmp*"))
@@ -162,7 +168,7 @@ def test_diverging_run_names_a_checkpoint_with_sane_weights(tmp_path):
     huge = dict(steps=60, lr=1e3, warmup_steps=0, ckpt_every=2, eval_every=0)
     with pytest.raises(TrainingDiverged) as err:
         fit(make_model(), step_fn, ToyStream(), cfg(**huge), run)
-    msg = one_line(err.value)
+    msg = the_line(err.value)
     named = run / "checkpoints" / "step_0000002"
     assert f"last good checkpoint: {named} " in msg and "not saved" in msg
     assert [p.name for p in list_checkpoints(run)] == ["step_0000002"]
@@ -236,7 +242,7 @@ def test_a_full_disk_while_writing_results_is_one_line_and_keeps_the_file(tmp_pa
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(DataError) as err:
         append_rows(path, [{**row, "run": "second"}])
-    assert one_line(err.value).startswith(f"cannot write results to {path} (No space left on device)")
+    assert the_line(err.value).startswith(f"cannot write results to {path} (No space left on device)")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv.lock"]
 
@@ -256,8 +262,6 @@ def test_a_cold_teacher_cache_gives_the_numbers_of_a_warm_one(tmp_path, monkeypa
     (cold, cold_rows), (warm, warm_rows) = runs
     assert cold.keys() == warm.keys()
     assert all(torch.equal(cold[k], warm[k]) for k in cold)
-    def numbers(rows):
-        return [{k: v for k, v in r.items() if k not in ("timestamp", "train_minutes")} for r in rows]
     assert numbers(cold_rows) == numbers(warm_rows)
 
 
@@ -283,7 +287,7 @@ def test_an_interrupted_cifar_extraction_is_extracted_again(tmp_path):
     (partial / "batches.meta").unlink()
     with pytest.raises(DataError, match="is incomplete .no batches.meta. and there is no") as err:
         prepare_cifar(tmp_path, verify=False, force=True)
-    one_line(err.value)
+    the_line(err.value)
 
 
 # ------------------------------------------------------------------ corrupt test image
@@ -302,7 +306,7 @@ def test_a_corrupt_test_image_stops_the_run_before_training(tmp_path):
     EvalSets(real(tmp_path, image_size=16, coco_test_size=1), evals)  # only the first is used
     with pytest.raises(DataError) as err:
         EvalSets(real(tmp_path, image_size=16), evals)
-    assert one_line(err.value).startswith(f"cannot read image {second} (")
+    assert the_line(err.value).startswith(f"cannot read image {second} (")
 
 
 # ------------------------------------------------------------------ settings out of range
@@ -363,6 +367,4 @@ def test_tiny_shre_resumes_past_a_damaged_checkpoint_and_a_full_disk(tmp_path, m
     assert len(warnings) == 1 and "step_0000004" in warnings[0] and "optimizer" in warnings[0]
     rerun = load_file(str(out / "checkpoints" / "step_0000004" / MODEL_FILE))
     assert all(torch.equal(weights[k], rerun[k]) for k in weights)
-    def numbers(rows):
-        return [{k: v for k, v in r.items() if k not in ("timestamp", "train_minutes")} for r in rows]
     assert numbers(again) == numbers(rows)
