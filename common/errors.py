@@ -16,4 +16,5 @@ class DataError(UserError):
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
+    """The loss became NaN/inf, or the weights about to be saved diverged; the last good
+    checkpoint (finite loss, sane weights) is kept and named."""

@@ -23,8 +23,8 @@ from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderCo
                            TextEncoderConfig, TrainConfig)
 from common.data.datasets import ImageLabelSet, RetrievalSet, collate_image_text
 from common.data.multi import image_text_stream
-from common.data.sources import (dataset_name, open_source, prompt_templates, zero_shot_name,
-                                 zero_shot_source)
+from common.data.sources import (check_image_files, dataset_name, open_source, prompt_templates,
+                                 zero_shot_name, zero_shot_source)
 from common.data.tokenizer import Tokenizer, build_tokenizer
 from common.data.transforms import eval_transform, train_transform
 from common.errors import UserError
@@ -121,7 +121,8 @@ def run_folder(cfg: Any, name: Optional[str] = None) -> Path:
 
 class EvalSets:
     """The retrieval and zero-shot sets named by ``cfg.eval``, opened once (fail fast: a
-    missing dataset stops the run before any training)."""
+    missing dataset, a test image without a caption, or a test image file that does not
+    decode stops the run before any training)."""
 
     def __init__(self, data: DataConfig, evals: EvalConfig):
         transform = eval_transform(data.image_size)
@@ -131,6 +132,8 @@ class EvalSets:
         self.zero_shot = (ImageLabelSet(zero_shot_source(data, evals.zero_shot), transform)
                           if evals.zero_shot else None)
         self.templates = prompt_templates(data) if evals.zero_shot else []
+        for dataset in [*self.retrieval.values(), *filter(None, [self.zero_shot])]:
+            check_image_files(dataset.source)
 
     def zero_shot_metrics(self, model: ImageTextModel, tokenizer: Tokenizer) -> Dict[str, float]:
         if self.zero_shot is None:

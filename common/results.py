@@ -16,6 +16,7 @@ import csv
 import functools
 import glob
 import os
+import re
 import stat
 import subprocess
 import tempfile
@@ -67,34 +68,60 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> N
     model, dataset, steps, seed: the same run evaluated again, e.g. a finished run started a
     second time) is replaced by it, not repeated. A file with columns this version does not
     know is one :class:`DataError` line and is left as it is.
+
+    A write the OS refuses (disk full, no permission) is one :class:`DataError` line. Temp
+    files: removed on any exception; one left by a writer killed mid-append (kill -9)
+    is removed by the next append, which holds the lock, so no other writer owns it.
     """
     path = Path(path)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     new = [_complete(dict(r), now) for r in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        old = _read_rows(path)
-        try:
-            _check_keys(old, f"existing file {path}")
-        except ValueError as err:
-            raise DataError(f"{err}; move the file aside (or merge its columns) and rerun: the "
-                            f"run's checkpoints are kept, so it only evaluates again") from None
-        replaced = {_row_key(r) for r in new}
-        old = [r for r in old if _row_key(r) not in replaced]
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=COLUMNS)
-                writer.writeheader()
-                writer.writerows(old)
-                writer.writerows(new)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)  # not mkstemp's 0600
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            _rewrite(path, new)
+    except OSError as err:  # disk full, no permission: the old file is intact
+        raise DataError(f"cannot write results to {path} ({err.strerror or err}); free space or "
+                        f"make the folder writable (or set MMKD_RESULTS elsewhere) and run the "
+                        f"same command again: the run's checkpoints are kept, so it only "
+                        f"evaluates again") from err
+
+
+def _rewrite(path: Path, new: list[dict[str, Any]]) -> None:
+    """The locked part of :func:`append_rows`: old rows (less those ``new`` replaces) and
+    ``new`` into a temp file that replaces ``path``."""
+    _remove_orphan_temps(path)
+    old = _read_rows(path)
+    try:
+        _check_keys(old, f"existing file {path}")
+    except ValueError as err:
+        raise DataError(f"{err}; move the file aside (or merge its columns) and rerun: the "
+                        f"run's checkpoints are kept, so it only evaluates again") from None
+    replaced = {_row_key(r) for r in new}
+    old = [r for r in old if _row_key(r) not in replaced]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(old)
+            writer.writerows(new)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)  # not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _remove_orphan_temps(path: Path) -> None:
+    """Delete temp files of ``path`` (``tempfile.mkstemp`` names, as :func:`append_rows`
+    makes them); call it only while holding the file's lock."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if pattern.fullmatch(tmp.name):
+            tmp.unlink(missing_ok=True)
 
 
 ROW_KEY = ("chapter", "run", "model", "dataset", "steps", "seed")

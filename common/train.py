@@ -92,7 +92,9 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
     continues from it. Resuming a finished run trains and evaluates nothing and returns
     the stored history.
 
-    Raises :class:`TrainingDiverged` (before stepping or saving) when a loss term is NaN/inf.
+    Raises :class:`TrainingDiverged` (before stepping or saving) when a loss term is NaN/inf,
+    and before saving a checkpoint whose weights are not finite or absurdly large
+    (:func:`_check_weights`): the checkpoint it names is the last one with sane weights.
     """
     out_dir = Path(out_dir)
     ckpt = _resume_checkpoint(cfg, out_dir)
@@ -116,7 +118,9 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
     # ---- resume or start fresh
     start_step, history, minutes_before, rng = 0, [], 0.0, None
     if ckpt is not None:
+        configured_lrs = list(scheduler.base_lrs)
         state = load_checkpoint(accelerator, ckpt, model, optimizer, scheduler)
+        _keep_configured_lrs(optimizer, scheduler, configured_lrs)
         _warn_config_changes(state.get("config", {}), _snapshot(cfg))
         start_step, history = state["step"], state["history"]
         minutes_before, rng = state["train_minutes"], state["rng"]
@@ -150,6 +154,7 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
         return metrics
 
     def checkpoint(step: int) -> Path:
+        _check_weights(unwrapped, step, last_ckpt)
         extra = {"history": history, "config": _snapshot(cfg),
                  "train_minutes": minutes_before + session_minutes()}
         return save_checkpoint(accelerator, out_dir, step, model, optimizer, scheduler, extra)
@@ -304,8 +309,6 @@ def _train_loader(data: Dataset, cfg: TrainConfig, start_step: int, accelerator:
 def _resume_checkpoint(cfg: TrainConfig, out_dir: Path) -> Path | None:
     """The checkpoint to resume from, if any; a fresh start must not mix with an old run."""
     ckpt = resolve_resume(cfg.resume, out_dir)
-    if ckpt is None and cfg.resume == "auto":
-        log.info("train.resume=auto: no checkpoint under %s, starting from scratch", out_dir)
     existing = list_checkpoints(out_dir)
     if not cfg.resume and existing:
         raise UserError(f"{out_dir} already holds checkpoints (newest {existing[-1].name}): continue "
@@ -324,6 +327,19 @@ def _warn_config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -
                     "uninterrupted one", ", ".join(f"{k}={current[k]}" for k in changed))
 
 
+def _keep_configured_lrs(optimizer: torch.optim.Optimizer, scheduler: Any,
+                         lrs: list[float]) -> None:
+    """A checkpoint brings back the peak lrs it was trained with; a resume with another
+    ``train.lr`` (the advice after a divergence) must train at the new one from here on, on
+    the same schedule. Unchanged lrs are left alone, so an exact resume stays bit-exact."""
+    if list(scheduler.base_lrs) == lrs:
+        return
+    scheduler.base_lrs = list(lrs)
+    for group, lr, factor in zip(optimizer.param_groups, lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+
+
 def _truncate_metrics(path: Path, start_step: int) -> None:
     """Drop log lines past the resume step (they are about to be recomputed), and a line torn
     by a kill in the middle of writing it (with one warning)."""
@@ -339,8 +355,11 @@ def _truncate_metrics(path: Path, start_step: int) -> None:
         if step is not None and step <= start_step:
             lines.append(line)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves the old file, not a stray temp
 
 
 def _train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
@@ -368,6 +387,25 @@ def _check_finite(terms: Mapping[str, float], step: int, last_ckpt: Path | None)
             f"loss diverged at step {step}: term '{term}' = {terms[term]}; last good checkpoint: "
             f"{last_ckpt or 'none yet'} (resume with train.resume=auto); try a lower train.lr, "
             f"enable train.grad_clip (e.g. 1.0), or check the data")
+
+
+# Trained transformer weights stay far below this (|w| < 100 in ViT/BERT/data2vec checkpoints);
+# a parameter beyond it means the run has diverged even if the loss is still a number.
+WEIGHT_LIMIT = 1e4
+
+
+def _check_weights(model: nn.Module, step: int, last_ckpt: Path | None) -> None:
+    """Refuse to save weights that have diverged (non-finite, or some trainable parameter
+    beyond :data:`WEIGHT_LIMIT` in absolute value), so that every checkpoint the NaN guard
+    names as "last good" is one a resumed run can continue from."""
+    peaks = [p.detach().abs().max().float() for p in model.parameters()
+             if p.requires_grad and p.numel()]
+    peak = torch.stack(peaks).max().item() if peaks else 0.0  # NaN anywhere -> NaN
+    if not math.isfinite(peak) or peak > WEIGHT_LIMIT:
+        raise TrainingDiverged(
+            f"weights diverged by step {step}: max |weight| = {peak:.3g} (limit {WEIGHT_LIMIT:g}), "
+            f"not saved; last good checkpoint: {last_ckpt or 'none yet'} (resume with "
+            f"train.resume=auto); try a lower train.lr or enable train.grad_clip (e.g. 1.0)")
 
 
 def _evaluate(evaluate: EvalFn, model: nn.Module, step: int, amp: Callable) -> dict[str, float]:

@@ -8,9 +8,10 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from common.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, list_checkpoints,
-                               load_checkpoint, load_optimizer, load_weights, resolve_resume,
-                               rng_state, save_checkpoint, save_optimizer, set_rng_state)
+from common.checkpoint import (MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+                               list_checkpoints, load_checkpoint, load_optimizer, load_weights,
+                               resolve_resume, rng_state, save_checkpoint, save_optimizer,
+                               set_rng_state)
 from common.config import ParamOverride, TrainConfig
 from common.errors import DataError
 from common.optim import build_optimizer, build_scheduler
@@ -89,7 +90,7 @@ def test_save_load_checkpoint_atomic_keep_two(tmp_path):
         last = save_checkpoint(accelerator, tmp_path, step, model, opt, sched, {"history": []})
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002", "step_0000003"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000002", "step_0000003"]
-    assert {p.name for p in last.iterdir()} == {MODEL_FILE, OPTIMIZER_FILE, STATE_FILE}
+    assert {p.name for p in last.iterdir()} == {MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, MANIFEST_FILE}
     assert resolve_resume("auto", tmp_path) == last and resolve_resume("", tmp_path) is None
 
     torch.manual_seed(1)

@@ -8,6 +8,11 @@ batches (``data`` rows of 3072 bytes, red then green then blue planes of 32x32) 
 once into ``<variant>_<split>_images.npy`` (uint8 Nx32x32x3) and ``..._labels.npy``, which the
 loader memory-maps: no unpickling per worker, and pickle is read only at preparation time.
 
+An archive is extracted into a temp folder that is renamed into place when complete, so an
+interrupted extraction leaves no half folder; an extracted folder that lacks one of its
+files (an older interrupted extraction, a partial copy) is extracted again from the archive,
+and ``force`` re-extracts whenever the archive is there.
+
 Roles: CIFAR-100 with its 100 fine labels is the ``fine`` kNN task, CIFAR-10 the ``coarse``
 one (:func:`common.data.sources.open_source`).
 """
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -54,10 +61,15 @@ def prepare_cifar(root: Path, archives: Sequence[Path] = (), verify: bool = True
     splits = {}
     for variant, (archive, md5, extracted, batches, meta, label_key, names_key) in VARIANTS.items():
         source = folder / extracted
-        if not source.is_dir():
-            _extract(given.get(archive, folder / archive), md5 if verify else None, folder)
-        if not source.is_dir():
-            raise DataError(f"{archive} did not contain {extracted}/; re-download it")
+        expected = [meta, *(f for files in batches.values() for f in files)]
+        missing = [f for f in expected if not (source / f).is_file()]
+        tarball = given.get(archive, folder / archive)
+        if missing and source.is_dir() and not tarball.is_file():
+            raise DataError(f"{source} is incomplete (no {', '.join(missing)}) and there is no "
+                            f"{tarball} to extract it again from; download the archive there (or "
+                            f"pass --archive PATH)")
+        if missing or (force and tarball.is_file()):
+            _extract(tarball, md5 if verify else None, folder, extracted)
         classnames = [_text(n) for n in _get(_unpickle(source / meta), names_key, source / meta)]
         for split, files in batches.items():
             images, labels = _read_batches([source / f for f in files], label_key)
@@ -69,7 +81,8 @@ def prepare_cifar(root: Path, archives: Sequence[Path] = (), verify: bool = True
     return write_manifest(folder, "cifar", splits, {"variants": sorted(VARIANTS)})
 
 
-def _extract(archive: Path, md5: Optional[str], folder: Path) -> None:
+def _extract(archive: Path, md5: Optional[str], folder: Path, extracted: str) -> None:
+    """Extract ``archive``'s ``extracted/`` folder to ``folder/extracted``, replacing it whole."""
     if not archive.is_file():
         raise DataError(f"CIFAR archive {archive} does not exist; download it from "
                         f"https://www.cs.toronto.edu/~kriz/cifar.html into {folder} (or pass "
@@ -82,11 +95,19 @@ def _extract(archive: Path, md5: Optional[str], folder: Path) -> None:
                             f"incomplete or altered; download it again (or pass --no-verify for a "
                             f"deliberately modified copy)")
     log.info("extracting %s", archive)
+    tmp = folder / f".{extracted}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(folder, filter="data")
+            tar.extractall(tmp, filter="data")
+        if not (tmp / extracted).is_dir():
+            raise DataError(f"{archive} did not contain {extracted}/; re-download it")
+        shutil.rmtree(folder / extracted, ignore_errors=True)
+        os.replace(tmp / extracted, folder / extracted)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"cannot extract {archive} ({err}); download it again") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _unpickle(path: Path) -> dict:
@@ -95,10 +116,11 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return load_arrays(f, encoding="bytes")  # nothing but arrays: no code from the file runs
     except FileNotFoundError:
-        raise DataError(f"CIFAR batch {path} is missing; extract the archive again") from None
+        raise DataError(f"CIFAR batch {path} is missing; extract the archive again (prepare "
+                        f"with --force)") from None
     except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"CIFAR batch {path} is corrupt ({err}); extract the archive "
-                        f"again") from None
+        raise DataError(f"CIFAR batch {path} is corrupt ({err}); extract the archive again "
+                        f"(prepare with --force)") from None
 
 
 def _get(batch: dict, key: str, path: Path):

@@ -15,6 +15,7 @@ is shared by all workers through the page cache.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -99,6 +100,15 @@ class IndexedImages:
 
     def image(self, index: int) -> PIL.Image.Image:
         return load_image(self.path(index))
+
+    def check_images(self, count: Optional[int] = None, threads: int = 8) -> None:
+        """Decode the first ``count`` (default: all) images, JPEGs at reduced scale, and raise
+        the :class:`DataError` of the first bad one. Threads, because PIL decodes without
+        the GIL."""
+        indices = range(len(self) if count is None else min(count, len(self)))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for _ in pool.map(lambda i: load_image(self.path(i), draft=64), indices):
+                pass
 
     def captions(self, index: int) -> List[str]:
         if self.offsets is None:

@@ -22,6 +22,7 @@ from common.data.cc3m import open_cc3m
 from common.data.cifar import CifarSource
 from common.data.coco import open_karpathy
 from common.data.datasets import DataSource
+from common.data.image_index import IndexedImages
 from common.data.transforms import ImageLike
 from common.data.imagenet import open_imagenet
 from common.data.imagenet_classes import TEMPLATES as CLIP_TEMPLATES
@@ -135,6 +136,18 @@ class FirstClasses:
 
     def label(self, index: int) -> int:
         return self.source.label(self.index[index])
+
+
+def check_image_files(source: DataSource) -> None:
+    """Pre-flight of an evaluation set: every image file of a prepared split (of its first
+    images under :class:`FirstImages`) must decode, so that a corrupt test image stops a run
+    before training rather than after it. Drawn (synthetic) and array (CIFAR) sources have no
+    files to check."""
+    count = len(source)
+    while isinstance(source, FirstImages):
+        source = source.source
+    if isinstance(source, IndexedImages):
+        source.check_images(count)
 
 
 def prompt_templates(cfg: DataConfig) -> List[str]:

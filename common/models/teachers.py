@@ -32,6 +32,7 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from common.checkpoint import rng_preserved
 from common.config import DataConfig, TeacherConfig, to_dict
 from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.synthetic import CLASSNAMES, GRAMMAR_VERSION, SyntheticWorld
@@ -49,7 +50,17 @@ log = logging.getLogger(__name__)
 
 
 def build_teacher(cfg: TeacherConfig, data: DataConfig) -> nn.Module:
-    """The teacher named by ``cfg.name``, in eval mode with ``requires_grad=False``."""
+    """The teacher named by ``cfg.name``, in eval mode with ``requires_grad=False``.
+
+    Draws no random numbers of the caller (:func:`common.checkpoint.rng_preserved`): a tiny
+    teacher is trained on a cold cache and loaded on a warm one, and the student built after
+    it must start from the same random state either way.
+    """
+    with rng_preserved():
+        return _build_teacher(cfg, data).eval().requires_grad_(False)
+
+
+def _build_teacher(cfg: TeacherConfig, data: DataConfig) -> nn.Module:
     if cfg.name in TINY_RECIPES:
         model = bootstrap(cfg, data)
     elif cfg.name.startswith("timm:"):
@@ -62,7 +73,7 @@ def build_teacher(cfg: TeacherConfig, data: DataConfig) -> nn.Module:
         raise DataError(f"unknown teacher '{cfg.name}'; use one of {sorted(TINY_RECIPES)}, "
                         f"timm:<model name> or hf:<org/name> (with teacher.weights=/path for "
                         f"offline use), or a checkpoint path ({'/'.join(CHECKPOINT_SUFFIXES)})")
-    return model.eval().requires_grad_(False)
+    return model
 
 
 def teacher_report(cfg: TeacherConfig, data: DataConfig) -> Dict[str, Any]:
