@@ -130,6 +130,9 @@ class TrainConfig:
     ckpt_every: int = 0  # 0: only at the end
     resume: str = ""  # checkpoint folder, or "auto" for the newest one of this run
     seed: int = 0
+    # experiment trackers besides metrics.jsonl: none | tensorboard | wandb | aim | mlflow | all,
+    # or a comma-separated list (common.tracking)
+    log_with: str = "none"
 
 
 @dataclass
@@ -236,12 +239,15 @@ def _at_least(low: float) -> Tuple[Any, str]:
 
 
 _POSITIVE = ((lambda v: v > 0), "> 0")
+LOG_WITH = ("none", "tensorboard", "wandb", "aim", "mlflow", "all")  # common.tracking
 _FRACTION = ((lambda v: 0 <= v <= 1), "in [0, 1]")
 # per config section type: field -> (allowed?, the allowed range in words)
 RANGES: Dict[type, Dict[str, Tuple[Any, str]]] = {
     TrainConfig: {"steps": _at_least(1), "batch_size": _at_least(1), "lr": _POSITIVE,
                   "min_lr": _at_least(0), "warmup_frac": _FRACTION, "weight_decay": _at_least(0),
-                  "grad_clip": _at_least(0), "log_every": _at_least(0)},
+                  "grad_clip": _at_least(0), "log_every": _at_least(0),
+                  "log_with": ((lambda v: {n.strip() for n in v.split(",")} <= set(LOG_WITH)),
+                               ", ".join(LOG_WITH) + " or a comma-separated list of them")},
     EvalConfig: {"batch_size": _at_least(1)},
     DataConfig: {"image_size": _at_least(1), "max_text_len": _at_least(2), "hflip": _FRACTION,
                  "num_workers": _at_least(0),

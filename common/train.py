@@ -46,6 +46,7 @@ from common.config import ConfigError, TrainConfig
 from common.errors import TrainingDiverged, UserError
 from common.optim import build_optimizer, build_scheduler, lr_factor
 from common.paths import REPO_ROOT
+from common.tracking import hyperparameters, start_trackers, tracker_names
 
 __all__ = ["FitResult", "fit", "load_weights"]
 
@@ -98,7 +99,8 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
     """
     out_dir = Path(out_dir)
     ckpt = _resume_checkpoint(cfg, out_dir)
-    accelerator, amp_dtype = _make_accelerator(cfg)
+    trackers = tracker_names(cfg.log_with)
+    accelerator, amp_dtype = _make_accelerator(cfg, trackers, out_dir)
     if not accelerator.is_main_process:
         log.setLevel(logging.WARNING)  # one copy of the progress log: the main process's
     device = accelerator.device
@@ -129,6 +131,7 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, start_step)
+    start_trackers(accelerator, trackers, out_dir, hyperparameters(out_dir, _snapshot(cfg)))
 
     loader = _train_loader(train_data, cfg, start_step, accelerator, collate_fn, num_workers)
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
@@ -204,9 +207,13 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
             if record and accelerator.is_main_process:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+            if record and trackers:
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
             if _every(done, cfg.ckpt_every, cfg.steps):
                 last_ckpt = checkpoint(done)
 
+    if trackers:
+        accelerator.end_training()
     minutes = minutes_before + session_minutes()
     steps_run = max(0, cfg.steps - start_step)
     log.info("done: step %d, %.1f min of training, last checkpoint %s",
@@ -222,8 +229,10 @@ def _every(step: int, period: int, last: int) -> bool:
     return (period > 0 and step % period == 0) or step == last
 
 
-def _make_accelerator(cfg: TrainConfig) -> tuple[Accelerator, torch.dtype | None]:
-    """Accelerator for ``cfg``: fp16/bf16 and DeepSpeed only with CUDA, else plain fp32 on CPU.
+def _make_accelerator(cfg: TrainConfig, trackers: Sequence[str] = (), out_dir: Path = Path(".")
+                      ) -> tuple[Accelerator, torch.dtype | None]:
+    """Accelerator for ``cfg``: fp16/bf16 and DeepSpeed only with CUDA, else plain fp32 on CPU;
+    ``trackers`` (:mod:`common.tracking`) write under ``out_dir/trackers``.
 
     Returns the accelerator and the autocast dtype (``None`` = fp32). Autocast wraps the
     whole ``step_fn`` so frozen teachers, which are not prepared, run in it too.
@@ -242,7 +251,8 @@ def _make_accelerator(cfg: TrainConfig) -> tuple[Accelerator, torch.dtype | None
     # process (a teacher bootstrap, then the student): drop the process-wide state.
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=precision, deepspeed_plugin=plugin,
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), log_with=list(trackers) or None,
+                              project_dir=str(out_dir / "trackers"))
     if cfg.batch_size % accelerator.num_processes:
         raise ConfigError(f"config error: train.batch_size={cfg.batch_size} is not divisible by "
                           f"the {accelerator.num_processes} processes")
