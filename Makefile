@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PRESET
 
-.PHONY: venv test smoke-full bench exp-shre exp-vision-kd exp-ssa exp-itc exp-teachers exp-all compare figures clean-runs
+.PHONY: venv img2dataset test smoke-full bench exp-shre exp-vision-kd exp-ssa exp-itc exp-teachers exp-all compare figures clean-runs
 
 venv: $(STAMP)
 
@@ -17,7 +17,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-test: $(STAMP)
+# img2dataset (CC3M as resized webdataset shards, common/data/cc3m_img2dataset.py) pins
+# pandas<3 and webdataset<0.3, so it lives in its own environment and runs as a command.
+I2D := .venv-img2dataset/bin/img2dataset
+img2dataset: $(I2D)
+
+$(I2D):
+	test -x .venv-img2dataset/bin/python || python3 -m venv .venv-img2dataset
+	.venv-img2dataset/bin/pip install -q --disable-pip-version-check img2dataset==1.47.0
+
+test: $(STAMP) $(I2D)
 	$(PY) -m pytest
 
 # Every chapter's full preset end to end on CPU: real-format datasets and random ViT-B weights

@@ -125,6 +125,36 @@ def write_visual_genome(root: Path, size: Tuple[int, int] = (20, 16)) -> None:
     (folder / "region_descriptions.json").write_text(json.dumps(regions))
 
 
+def write_webdataset_shards(folder: Path, captions: Sequence[str], per_shard: int = 3,
+                            size: Tuple[int, int] = (20, 16)) -> List[Path]:
+    """img2dataset's webdataset output: ``00000.tar``, ... with ``<key>.jpg``, ``<key>.txt``
+    and ``<key>.json`` per sample (keys: shard number + index, json with the input row and
+    status), and ``<shard>_stats.json`` beside each shard."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for first in range(0, len(captions), per_shard):
+        number = first // per_shard
+        path = folder / f"{number:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for row in range(first, min(first + per_shard, len(captions))):
+                key = f"{number:05d}{row - first:04d}"
+                image = io.BytesIO()
+                PIL.Image.new("RGB", size, ((37 * row) % 256, 90, 160)).save(image, "JPEG")
+                meta = {"row": row, "url": f"https://example.com/{row}.jpg", "key": key,
+                        "status": "success", "width": size[0], "height": size[1]}
+                for ext, data in (("jpg", image.getvalue()), ("txt", captions[row].encode()),
+                                  ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        count = min(per_shard, len(captions) - first)
+        (folder / f"{number:05d}_stats.json").write_text(json.dumps(
+            {"count": count, "successes": count, "failed_to_download": 0, "failed_to_resize": 0,
+             "status_dict": {"success": count}}))
+        shards.append(path)
+    return shards
+
+
 # ---------------------------------------------------------------------------- CIFAR
 def cifar_images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)

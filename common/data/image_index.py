@@ -7,7 +7,10 @@ the same few files beside its images, so one loader serves them all:
 - ``<split>.labels.npy``: int64 class per image (labelled datasets only);
 - ``<split>.captions.txt`` + ``<split>.captions.npy``: all captions as UTF-8 lines, and the
   int64 byte offsets ``[N+1]``: image ``i``'s captions are the lines in bytes
-  ``offsets[i]:offsets[i+1]`` (captioned datasets only).
+  ``offsets[i]:offsets[i+1]`` (captioned datasets only);
+- ``<split>.spans.npy``: int64 ``[N, 2]`` (byte offset, size) of each image inside the file
+  ``images.txt`` names, a webdataset tar shard (:mod:`common.data.webdataset_shards`); read
+  by offset, so shards are as randomly accessible as folders of files.
 
 Why not one JSON: Visual Genome has 5.4M phrases; as Python strings they would cost several
 GB in every data-loader worker, while a memory-mapped text file costs nothing until read and
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import PIL.Image
@@ -35,9 +38,11 @@ def clean_caption(text: str) -> str:
 
 def write_index(folder: Path, split: str, files: Sequence[str],
                 labels: Optional[Sequence[int]] = None,
-                captions: Optional[Sequence[Sequence[str]]] = None) -> None:
+                captions: Optional[Sequence[Sequence[str]]] = None,
+                spans: Optional[Sequence[Tuple[int, int]]] = None) -> None:
     """Write the index files of ``split`` (see the module docstring); ``captions[i]`` must be
-    non-empty, cleaned captions (:func:`clean_caption`) of ``files[i]``."""
+    non-empty, cleaned captions (:func:`clean_caption`) of ``files[i]``; ``spans[i]`` locates
+    the image inside ``files[i]`` when that is a tar shard."""
     if any("\n" in f for f in files):
         raise ValueError("image paths must not contain newlines")
     write_atomic(folder / f"{split}.images.txt", "".join(f"{f}\n" for f in files).encode())
@@ -49,6 +54,8 @@ def write_index(folder: Path, split: str, files: Sequence[str],
         np.cumsum([len(c) for c in chunks], out=offsets[1:])
         write_atomic(folder / f"{split}.captions.txt", b"".join(chunks))
         _save_npy(folder / f"{split}.captions.npy", offsets)
+    if spans is not None:
+        _save_npy(folder / f"{split}.spans.npy", np.asarray(spans, dtype=np.int64).reshape(-1, 2))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -77,9 +84,12 @@ class IndexedImages:
         self.labels = np.load(labels) if labels.is_file() else None
         offsets = self.folder / f"{split}.captions.npy"
         self.offsets = np.load(offsets) if offsets.is_file() else None
+        spans = self.folder / f"{split}.spans.npy"
+        self.spans = np.load(spans) if spans.is_file() else None
         self._text: Optional[np.memmap] = None
         for what, array, size in (("labels", self.labels, len(self.files)),
-                                  ("caption offsets", self.offsets, len(self.files) + 1)):
+                                  ("caption offsets", self.offsets, len(self.files) + 1),
+                                  ("shard spans", self.spans, len(self.files))):
             if array is not None and len(array) != size:
                 raise DataError(f"{self.folder}: {split} has {len(self.files)} images but "
                                 f"{len(array)} {what}; prepare it again (delete manifest.json)")
@@ -98,8 +108,12 @@ class IndexedImages:
         """The image file of item ``index``."""
         return self.folder / self.files[index]
 
+    def span(self, index: int) -> Optional[Tuple[int, int]]:
+        """(offset, size) of item ``index`` inside its tar shard; None for a plain image file."""
+        return None if self.spans is None else (int(self.spans[index, 0]), int(self.spans[index, 1]))
+
     def image(self, index: int) -> PIL.Image.Image:
-        return load_image(self.path(index))
+        return load_image(self.path(index), span=self.span(index))
 
     def check_images(self, count: Optional[int] = None, threads: int = 8) -> None:
         """Decode the first ``count`` (default: all) images, JPEGs at reduced scale, and raise
@@ -107,7 +121,7 @@ class IndexedImages:
         the GIL."""
         indices = range(len(self) if count is None else min(count, len(self)))
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for _ in pool.map(lambda i: load_image(self.path(i), draft=64), indices):
+            for _ in pool.map(lambda i: load_image(self.path(i), draft=64, span=self.span(i)), indices):
                 pass
 
     def captions(self, index: int) -> List[str]:

@@ -19,6 +19,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from common.cli import main as run_main
 from common.data.cc3m import prepare_cc3m
+from common.data.cc3m_img2dataset import (find_img2dataset, index_cc3m_shards,
+                                          prepare_cc3m_img2dataset)
 from common.data.cifar import prepare_cifar
 from common.data.coco import prepare_karpathy
 from common.data.imagenet import prepare_imagenet
@@ -47,8 +49,7 @@ COMMANDS: Dict[str, Tuple[str, Handler]] = {
     "flickr30k": ("Flickr30K with Karpathy's splits (1k test)",
                   lambda a: prepare_karpathy("flickr30k", a.root, a.json, force=a.force)),
     "cc3m": ("Conceptual Captions: download the first --limit available images of the index",
-             lambda a: prepare_cc3m(a.root, a.index, limit=a.limit, workers=a.workers,
-                                    retries=a.retries, timeout=a.timeout, force=a.force)),
+             lambda a: _cc3m(a)),
     "visual_genome": ("Visual Genome region descriptions as (image, phrase) pairs",
                       lambda a: prepare_visual_genome(a.root, a.regions, force=a.force)),
     "openwebtext": ("OpenWebText subsets 0-4 (train) and 5 (val) as GPT-2 BPE uint16 shards",
@@ -56,6 +57,25 @@ COMMANDS: Dict[str, Tuple[str, Handler]] = {
                                                   a.tokenizer, force=a.force)),
     "glue": ("GLUE tasks (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE)", _glue),
 }
+
+
+def _cc3m(args: argparse.Namespace) -> Dict:
+    """CC3M by img2dataset (webdataset shards) when it is installed, else by the built-in
+    downloader (one file per image); or an existing shard copy indexed in place."""
+    if args.shards:
+        return index_cc3m_shards(args.root, args.shards, force=args.force)
+    downloader = args.downloader
+    if downloader == "auto":
+        downloader = "img2dataset" if find_img2dataset(args.img2dataset) else "urllib"
+        log.info("cc3m: downloading with %s%s", downloader, "" if downloader == "img2dataset" else
+                 " (make img2dataset installs img2dataset: resized webdataset shards)")
+    if downloader == "img2dataset":
+        return prepare_cc3m_img2dataset(args.root, args.index, limit=args.limit,
+                                        image_size=args.image_size, threads=args.workers,
+                                        retries=args.retries, timeout=args.timeout,
+                                        img2dataset=args.img2dataset, force=args.force)
+    return prepare_cc3m(args.root, args.index, limit=args.limit, workers=args.workers,
+                        retries=args.retries, timeout=args.timeout, force=args.force)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmd["cc3m"].add_argument("--retries", type=int, default=3,
                              help="retries of a transient failure (timeout, HTTP 5xx/429)")
     cmd["cc3m"].add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    cmd["cc3m"].add_argument("--downloader", choices=["auto", "img2dataset", "urllib"],
+                             default="auto", help="img2dataset (resized webdataset shards; "
+                             "make img2dataset), urllib (built in, full-size files), or auto: "
+                             "img2dataset when installed (default)")
+    cmd["cc3m"].add_argument("--img2dataset", default="", metavar="PATH",
+                             help="the img2dataset executable (default: .venv-img2dataset or PATH)")
+    cmd["cc3m"].add_argument("--image-size", type=int, default=256,
+                             help="img2dataset: shorter side after resizing (default: 256)")
+    cmd["cc3m"].add_argument("--shards", type=Path, default=None, metavar="DIR",
+                             help="index an existing img2dataset/webdataset copy (*.tar under "
+                                  "DIR) in place instead of downloading")
     cmd["visual_genome"].add_argument("--regions", type=Path, help="region_descriptions.json "
                                       "(default: ROOT/visual_genome/)")
     owt = cmd["openwebtext"]

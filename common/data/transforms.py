@@ -11,6 +11,7 @@ global RNG, which :class:`common.data.datasets.TrainStream` seeds per item.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -133,17 +134,28 @@ def eval_transform(image_size: int) -> ImageTransform:
     return ImageTransform(image_size)
 
 
-def load_image(path: Union[str, Path], draft: Optional[int] = None) -> PIL.Image.Image:
+def load_image(path: Union[str, Path], draft: Optional[int] = None,
+               span: Optional[Tuple[int, int]] = None) -> PIL.Image.Image:
     """An RGB PIL image, fully decoded now so that a missing, truncated or corrupt file fails
     here with one :class:`DataError` naming it, not later inside a transform.
 
     ``draft``: let a JPEG decode at a reduced scale no smaller than ``draft`` pixels a side
     (``Image.draft``): every byte is still read and entropy-decoded, so a damaged file still
     fails, at a fraction of the cost; what the pre-flight check of evaluation sets uses.
+    ``span``: (byte offset, size) of the image inside ``path``, a webdataset tar shard.
     """
     path = Path(path)
+    where = f"{path} (bytes {span[0]}-{span[0] + span[1]})" if span else str(path)
     try:
-        with PIL.Image.open(path) as image:
+        source: Union[Path, io.BytesIO] = path
+        if span is not None:
+            with path.open("rb") as f:
+                f.seek(span[0])
+                data = f.read(span[1])
+            if len(data) != span[1]:
+                raise OSError(f"the shard ends after {len(data)} of {span[1]} bytes")
+            source = io.BytesIO(data)
+        with PIL.Image.open(source) as image:
             if draft is not None:
                 image.draft("RGB", (draft, draft))
             return image.convert("RGB")
@@ -151,6 +163,6 @@ def load_image(path: Union[str, Path], draft: Optional[int] = None) -> PIL.Image
         raise DataError(f"image file {path} does not exist; check data.root and that the dataset "
                         f"was extracted completely") from None
     except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); the file is "
+        raise DataError(f"cannot read image {where} ({type(err).__name__}: {err}); the file is "
                         f"corrupt or not an image: re-download it or remove it from the "
                         f"dataset's annotation file") from None
