@@ -19,7 +19,9 @@ What a GPU user with the datasets and the published weights runs, shrunk only in
    and prints the time of each step.
 
 Runs, results and caches go to ``<dir>`` (a temp folder unless ``--dir``), never to the
-repository's ``runs/`` and ``results/``. Exit status 1 names the first step that failed.
+repository's ``runs/`` and ``results/``; checkpoints are deleted as soon as their evaluations
+are done (peak disk use ~6 GB, 1.5 GB of it the fixtures). Exit status 1 names the first
+step that failed.
 """
 from __future__ import annotations
 
@@ -105,7 +107,9 @@ def _run(cmd: Sequence[str], what: str, env: Optional[Dict[str, str]] = None) ->
     """Run ``cmd``; on failure raise with the last lines of its output."""
     proc = subprocess.run(list(cmd), cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        errors = [line for line in lines if " error: " in line or line.startswith("error: ")]
+        tail = "\n".join(errors[-3:] + lines[-25:])  # the chapter's one-line error, then the end
         raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
@@ -202,7 +206,16 @@ def smoke(work: Path, chapters: Sequence[str]) -> List[Tuple[str, float, str]]:
             if added <= 0:
                 raise RuntimeError(f"eval.{label} on {run} appended no rows")
             timings[-1] = (*timings[-1][:2], f"+{added} rows")
+            drop_checkpoints(run / "finetune")
+        drop_checkpoints(work / "runs" / name)
     return timings
+
+
+def drop_checkpoints(folder: Path) -> None:
+    """Remove the checkpoints under ``folder`` once nothing reads them any more: a ViT-B run
+    leaves ~0.9 GB (weights + AdamW state), and a smoke run makes about thirty of them."""
+    for ckpt in sorted(folder.rglob("checkpoints")):
+        shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def _eval_rows(results: Path) -> int:
@@ -222,6 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     unknown = sorted(set(chapters) - set(CHAPTERS))
     if unknown:
         p.error(f"unknown chapters {unknown}; choose from {','.join(CHAPTERS)}")
+    if args.dir is not None and args.dir.exists() and any(args.dir.iterdir()):
+        p.error(f"--dir {args.dir} is not empty; pass a new folder (or remove it)")
     work = args.dir or Path(tempfile.mkdtemp(prefix="mmkd-smoke-full-"))
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

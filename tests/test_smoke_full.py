@@ -1,5 +1,6 @@
 """`make smoke-full`: every chapter's full preset from real formats and published-layout
 weights, through `make exp-<chapter> PRESET=full` (accelerate launch) and every eval CLI."""
+import shutil
 import subprocess
 import sys
 
@@ -26,3 +27,5 @@ def test_every_full_preset_runs_end_to_end_on_cpu(tmp_path):
     assert tools == {"eval.retrieval", "eval.zero_shot_imagenet", "eval.knn_cifar", "eval.finetune"}
     assert set(evals["chapter"]) == set(CHAPTERS)
     assert set(evals["preset"]) == {"full"}
+    assert not list((tmp_path / "runs").rglob("checkpoints"))  # deleted as the run went
+    shutil.rmtree(tmp_path / "data")  # 1.5 GB of fixtures and weights: not kept by pytest
