@@ -175,7 +175,7 @@ def bench_itc_bank(device: str) -> Dict[str, float]:
 def bench_train_tiny(steps: int, device: str) -> Dict[str, float]:
     """SHRe tiny training steps on synthetic inputs (random-init tiny CNN teacher: the step
     costs the same, and nothing is bootstrapped)."""
-    from common.models.teachers import TINY_RECIPES
+    from common.tiny_teachers.bootstrap import TINY_RECIPES
 
     shre = chapter("shre")
     cfg = shre.load_config("tiny")

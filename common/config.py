@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from common.errors import UserError
+from common.tiny_teachers.settings import ClrSettings, D2VSettings, DinoSettings
 
 PRESET_FRAGMENTS = Path(__file__).resolve().parent.parent / "configs" / "presets"
 
@@ -150,7 +151,8 @@ class TeacherConfig:
     """Which frozen teacher a chapter distils from.
 
     ``name``: ``tiny-cnn`` (supervised CNN) or another ``tiny-*`` recipe of
-    :mod:`common.models.teachers`, bootstrapped on the synthetic world once and cached;
+    :mod:`common.tiny_teachers` (settings: ``d2v`` / ``dino`` / ``clr``), bootstrapped on the
+    synthetic world once and cached;
     ``timm:<model>`` (e.g. ``timm:resnet50.a1_in1k``) with ``weights`` a local file for
     offline use; ``hf:<org/name>`` (a ``transformers`` model; ``weights`` a local copy of it);
     or a local checkpoint path (data2vec 2.0 ``.pt``, BEiT v2 ``.pth``, an mmkd or timm
@@ -163,6 +165,10 @@ class TeacherConfig:
     width: float = 1.0  # tiny-cnn: channel multiplier of the ResNet stages (0.5 = half as wide)
     encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # tiny ViT recipes
     train: TrainConfig = field(default_factory=TrainConfig)  # the bootstrap's own training
+    # each label-free recipe's own settings (common.tiny_teachers.settings; in the cache key)
+    d2v: D2VSettings = field(default_factory=D2VSettings)
+    dino: DinoSettings = field(default_factory=DinoSettings)
+    clr: ClrSettings = field(default_factory=ClrSettings)
 
 
 def _format_error(err: Exception, where: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from common.checkpoint import list_checkpoints
@@ -106,7 +107,7 @@ def run_folder(cfg: Any, name: Optional[str] = None) -> Path:
     folder = runs_dir(cfg.chapter, name or cfg.run)
     saved = folder / "config.yaml"
     if saved.is_file() and list_checkpoints(folder):
-        changes = config_changes(OmegaConf.load(saved), cfg)
+        changes = config_changes(_in_schema(OmegaConf.load(saved), cfg), cfg)
         if changes:
             more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
             raise UserError(f"{folder} holds a run trained with other settings "
@@ -117,6 +118,19 @@ def run_folder(cfg: Any, name: Optional[str] = None) -> Path:
     tmp.write_text(OmegaConf.to_yaml(cfg))
     os.replace(tmp, saved)
     return folder
+
+
+def _in_schema(saved: Any, cfg: Any) -> Any:
+    """``saved`` merged into the schema of ``cfg``: settings added to the schema after the run
+    was saved take their defaults, which by convention are the behaviour before they existed
+    (so they are no change). A saved config the schema cannot hold is compared as it is."""
+    schema = OmegaConf.get_type(cfg)
+    if schema is None or schema is dict:
+        return saved
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), saved)
+    except OmegaConfBaseException:
+        return saved
 
 
 class EvalSets:

@@ -47,3 +47,21 @@ def test_run_folder_without_checkpoints_takes_any_config():
     run_folder(_cfg())
     folder = run_folder(_cfg(model__dim=256))  # nothing trained yet: nothing to protect
     assert OmegaConf.load(folder / "config.yaml").model.dim == 256
+
+
+def test_a_run_saved_before_a_setting_existed_continues(tmp_path):
+    """A schema field added later (e.g. teacher.clr) is absent from an older config.yaml; at its
+    default it is no change, so the old run still resumes."""
+    from omegaconf import OmegaConf
+
+    from common.chapters import chapter
+
+    cfg = chapter("shre").load_config("tiny")
+    folder = _with_checkpoint(cfg)
+    old = OmegaConf.load(folder / "config.yaml")
+    del old.teacher["clr"]
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    assert run_folder(cfg) == folder
+    cfg.teacher.clr.temperature = 0.5
+    with pytest.raises(UserError, match=r"teacher.clr.temperature: 0.2 -> 0.5"):
+        run_folder(cfg)

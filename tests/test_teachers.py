@@ -5,6 +5,7 @@ from omegaconf import OmegaConf
 from common.config import DataConfig, TeacherConfig
 from common.errors import DataError
 from common.models import teachers
+from common.tiny_teachers import bootstrap
 
 
 def _cfgs(steps: int = 3):
@@ -34,11 +35,11 @@ def test_tiny_cnn_is_trained_once_then_loaded_from_cache(monkeypatch):
 
 def test_cache_key_changes_with_the_recipe():
     t, d = _cfgs()
-    key = teachers._cache_key(t, d)
+    key = bootstrap.cache_key(t, d)
     t.train.steps = 4
-    assert teachers._cache_key(t, d) != key
+    assert bootstrap.cache_key(t, d) != key
     t.train.steps, d.image_size = 3, 48
-    assert teachers._cache_key(t, d) != key
+    assert bootstrap.cache_key(t, d) != key
 
 
 def test_unknown_teacher_and_missing_weights_are_one_line_errors(tmp_path):
@@ -57,14 +58,14 @@ def test_cache_key_ignores_what_a_recipe_does_not_read():
     # chapters that differ only there share one bootstrapped teacher
     t, d = _cfgs()
     t.name = "tiny-d2v"
-    key = teachers._cache_key(t, d)
+    key = bootstrap.cache_key(t, d)
     t.arch, t.width = "resnet18", 0.25
-    assert teachers._cache_key(t, d) == key
+    assert bootstrap.cache_key(t, d) == key
     t.encoder.depth += 1
-    assert teachers._cache_key(t, d) != key
+    assert bootstrap.cache_key(t, d) != key
     t.name = "tiny-cnn"
-    key = teachers._cache_key(t, d)
+    key = bootstrap.cache_key(t, d)
     t.encoder.depth += 1
-    assert teachers._cache_key(t, d) == key
+    assert bootstrap.cache_key(t, d) == key
     t.width = 0.5
-    assert teachers._cache_key(t, d) != key
+    assert bootstrap.cache_key(t, d) != key

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from common.models import teachers
-from common.models import tiny_clr as tc
-from common.models.tiny_teachers import build_vit
+from common.tiny_teachers import clr as tc
+from common.tiny_teachers.d2v import build_vit
 
 
 def test_info_nce_matches_a_hand_computed_case():

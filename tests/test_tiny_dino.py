@@ -9,8 +9,8 @@ from common.config import ConfigError
 from common.data.synthetic import COLOUR_JITTER, COLOUR_RGB, SyntheticWorld
 from common.data.transforms import eval_transform
 from common.models import teachers
-from common.models import tiny_dino as td
-from common.models.tiny_teachers import build_vit
+from common.tiny_teachers import dino as td
+from common.tiny_teachers.d2v import build_vit
 
 
 def test_dino_loss_matches_a_hand_computed_case():

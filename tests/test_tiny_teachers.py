@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from common.models import teachers
-from common.models import tiny_teachers as tt
+from common.tiny_teachers import bootstrap
+from common.tiny_teachers import d2v as tt
 from common.targets import layer_averaged_targets
 
 
@@ -36,10 +37,9 @@ def test_tiny_d2v_is_bootstrapped_once_then_loaded_from_cache(monkeypatch, vit_t
 
 def test_cache_key_includes_the_recipe_settings(monkeypatch, vit_teacher_cfgs):
     t, d = vit_teacher_cfgs("tiny-d2v")
-    key = teachers._cache_key(t, d)
-    recipe = teachers.TINY_RECIPES["tiny-d2v"]
-    monkeypatch.setattr(recipe, "settings", {**recipe.settings, "mask_ratio": 0.5})
-    assert teachers._cache_key(t, d) != key
+    key = bootstrap.cache_key(t, d)
+    t.d2v.mask_ratio = 0.5  # a recipe setting, by config (teacher.d2v.mask_ratio=0.5)
+    assert bootstrap.cache_key(t, d) != key
 
 
 def test_ema_update_is_exact_on_a_hand_case():

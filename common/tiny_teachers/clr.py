@@ -1,16 +1,16 @@
 """``tiny-clr``: a label-free tiny ViT teacher whose CLS token is trained contrastively.
 
-A fallback for :mod:`common.models.tiny_dino` at the tiny scale: the CLS token is trained
+A fallback for :mod:`common.tiny_teachers.dino` at the tiny scale: the CLS token is trained
 directly (unlike ``tiny-d2v``'s, which regresses the mean of its patch targets), but by
 InfoNCE instead of DINO's self-distillation onto prototypes, following MoCo v3 (Chen, Xie
 and He, "An Empirical Study of Training Self-Supervised Vision Transformers", 2021):
 
-- two augmented views per image (:class:`~common.models.tiny_dino.TwoViews`): crops and
+- two augmented views per image (:class:`~common.tiny_teachers.dino.TwoViews`): crops and
   flips, a new background per view and, with ``relayout``, the objects moved to new grid
-  cells and re-shaded within their named colour (:func:`~common.models.tiny_dino.relaid_scene`),
+  cells and re-shaded within their named colour (:func:`~common.tiny_teachers.dino.relaid_scene`),
   so that the views share only what the objects are; with ``drop_others`` each object but
   the main (largest) one is left out of a view with that probability
-  (:func:`~common.models.tiny_dino.without_some_others`), the tiny world's stand-in for two
+  (:func:`~common.tiny_teachers.dino.without_some_others`), the tiny world's stand-in for two
   crops of a photo that both hold its subject and lose different parts of its surroundings;
 - the student (encoder + projector + predictor) maps each view's CLS to a query, its EMA
   teacher (encoder + projector, decay on DINO's cosine schedule) maps the other view to a key;
@@ -48,7 +48,6 @@ teacher ends at 19.9/22.0: the learning rate matters most.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -59,22 +58,8 @@ from torch import Tensor, nn
 from common.config import DataConfig, TeacherConfig
 from common.models.ema import ema_update
 from common.models.encoder import Encoder
-from common.models.tiny_dino import train_two_views
-
-
-@dataclass(frozen=True)
-class ClrSettings:
-    """Contrastive settings (part of the teacher's cache key); MoCo v3's ViT values where they
-    carry over, the head widths scaled to a 128-dim encoder."""
-
-    proj_hidden: int = 512  # MoCo v3: 4096
-    proj_dim: int = 128  # MoCo v3: 256
-    temperature: float = 0.2  # MoCo v3 ViT: 0.2
-    ema_start: float = 0.99  # MoCo v3: 0.99, cosine to 1
-    crop_scale_min: float = 0.3  # as tiny-dino: a 32-px crop below that often loses the object
-    background_swap: bool = True
-    relayout: bool = True  # also move and reshade the objects per view (tiny_dino.relaid_scene)
-    drop_others: float = 0.8  # leave each non-main object out of a view with this probability
+from common.tiny_teachers.dino import train_two_views
+from common.tiny_teachers.settings import ClrSettings
 
 
 def mlp(dim: int, hidden: int, out: int, layers: int) -> nn.Sequential:

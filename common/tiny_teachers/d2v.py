@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Tuple
 
@@ -62,31 +62,10 @@ from common.models.ema import ema_update
 from common.models.encoder import Encoder, build_image_encoder
 from common.retrieval import knn_topk_accuracies
 from common.targets import layer_averaged_targets
+from common.tiny_teachers.settings import D2VSettings
+from common.train import fit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class D2VSettings:
-    """Self-distillation settings of a data2vec-style recipe (part of the teacher's cache key).
-
-    data2vec 2.0's image values where they carry over (mask ratio 0.8 in blocks, several
-    masked views per image, most layers averaged, a conv decoder); the EMA schedule is
-    scaled to a few hundred steps (data2vec 2.0: 0.9998 -> 0.99999 over 100k+ steps; a
-    0.999 end would leave a third of the random init in a 400-step teacher).
-    """
-
-    mask_ratio: float = 0.8  # data2vec 2.0 image: 0.8
-    mask_block: int = 3  # side of the box filter that clusters masked patches; 1 = uniform random
-    num_masks: int = 4  # masked views per image, sharing one teacher pass (clone_batch)
-    top_k: int = 3  # teacher blocks averaged into the targets
-    ema_start: float = 0.98
-    ema_end: float = 0.995
-    ema_ramp: float = 0.5  # fraction of the steps over which the decay ramps up linearly
-    decoder_layers: int = 2  # conv decoder blocks on the patch grid
-    decoder_kernel: int = 3
-    cls_objective: str = "mean_patches"  # a key of CLS_OBJECTIVES
-    cls_weight: float = 1.0
 
 
 # ---------------------------------------------------------------------------- masking
@@ -242,15 +221,8 @@ def d2v_step(student: nn.Module, teacher: Encoder, images: Tensor,
 
 
 def train_d2v(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Path,
-              settings: D2VSettings = D2VSettings(),
-              evaluate: Callable[[Encoder, Encoder, int], Dict[str, float]] | None = None
-              ) -> Dict[str, Any]:
-    """Self-distil ``model`` (becomes the EMA teacher) on unlabelled synthetic training images.
-
-    ``evaluate(teacher, student_encoder, step)``, if given, runs every ``train.eval_every``
-    steps (for tuning; the report itself is computed at the end)."""
-    from common.train import fit  # the loop imports the data stack; keep models importable alone
-
+              settings: D2VSettings = D2VSettings()) -> Dict[str, Any]:
+    """Self-distil ``model`` (becomes the EMA teacher) on unlabelled synthetic training images."""
     if cfg.encoder.image_size != data.image_size:
         raise ConfigError(f"config error: teacher.encoder.image_size={cfg.encoder.image_size} "
                           f"differs from data.image_size={data.image_size}; set them equal")
@@ -277,8 +249,7 @@ def train_d2v(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Pat
         ema_update(model, net.encoder, decay)
 
     result = fit(student, step_fn, train, cfg.train, out_dir, num_workers=data.num_workers,
-                 frozen=[model], on_step_end=on_step_end,
-                 evaluate=(lambda net, step: evaluate(model, net.encoder, step)) if evaluate else None)
+                 frozen=[model], on_step_end=on_step_end)
     model.eval()
     trained = knn_report(model, *eval_sets)
     return ssl_report(cfg.name, result, asdict(settings), trained, untrained)

@@ -1,7 +1,7 @@
 """``tiny-dino``: a label-free tiny ViT teacher whose CLS token is trained by DINO.
 
 Chapter 5 asks whether the way a teacher trains its CLS token matters to the aligned student.
-``tiny-d2v`` (:mod:`common.models.tiny_teachers`) makes the CLS regress the mean of its
+``tiny-d2v`` (:mod:`common.tiny_teachers.d2v`) makes the CLS regress the mean of its
 patch targets, as data2vec 2.0 does; this recipe trains the CLS directly, as DINO does
 (Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", 2021):
 
@@ -33,7 +33,7 @@ temperatures 0.04/0.1, EMA 0.996 and lr 5e-4 collapse the same way (loss log 256
 first targets (entropy 4.7 of 5.5 at step 50) but collapses by step 100 (10.3/15.5), and
 DINOv2's Sinkhorn-Knopp centring with ``relayout`` views on top of that did too (15.5/19.5
 at step 100; head and centring variants tried in throwaway code, not kept).
-:mod:`common.models.tiny_clr`, whose in-batch negatives rule a constant output out, is the
+:mod:`common.tiny_teachers.clr`, whose in-batch negatives rule a constant output out, is the
 label-free tiny teacher whose trained CLS keeps a gain at the end of its bootstrap.
 
 The cached teacher is the EMA *encoder* (the DINO head is dropped), an
@@ -45,7 +45,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -62,23 +62,9 @@ from common.data.synthetic import (CELL_CENTRES, COLOUR_JITTER, COLOUR_RGB, POSI
 from common.data.transforms import ImageTransform, train_transform
 from common.models.encoder import Encoder
 from common.models.ema import ema_update
-from common.models.tiny_teachers import knn_report, knn_sets, ssl_report
-
-
-@dataclass(frozen=True)
-class DinoSettings:
-    """DINO settings (part of the teacher's cache key); DINO's ViT-S values where they carry
-    over, the prototype count and head width scaled to a 128-dim encoder."""
-
-    num_prototypes: int = 1024  # DINO: 65536
-    head_hidden: int = 256  # DINO: 2048
-    head_bottleneck: int = 64  # DINO: 256
-    teacher_temp: float = 0.07  # DINO: 0.04 -> 0.07; on cosine logits, as DINO's normed last layer
-    student_temp: float = 0.17  # DINO: 0.1; softer here, where the head sees 128-dim features
-    center_momentum: float = 0.9
-    ema_start: float = 0.99  # DINO: 0.996 over 100+ epochs; cosine to 1.0
-    crop_scale_min: float = 0.3  # global crops only (no local crops at 32 px)
-    background_swap: bool = True
+from common.tiny_teachers.d2v import knn_report, knn_sets, ssl_report
+from common.tiny_teachers.settings import DinoSettings
+from common.train import fit
 
 
 class DinoHead(nn.Module):
@@ -243,7 +229,7 @@ class SelfDistillation(nn.Module):
 def train_two_views(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Path,
                     settings: Any, make_net: Callable[[Encoder], nn.Module],
                     relayout: bool = False, drop_others: float = 0.0) -> Dict[str, Any]:
-    """The bootstrap both two-view recipes share (DINO here, MoCo v3 in :mod:`common.models.tiny_clr`):
+    """The bootstrap both two-view recipes share (DINO here, MoCo v3 in :mod:`common.tiny_teachers.clr`):
     train ``make_net(model)`` on :class:`TwoViews` of unlabelled synthetic images, moving its
     EMA teacher (``model`` itself) on DINO's cosine schedule after every step, and return
     ``model``'s kNN report next to the untrained network's (same keys as ``tiny-d2v``'s).
@@ -252,7 +238,6 @@ def train_two_views(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_di
     ``net(views, settings)`` -> loss dict, ``net.frozen`` (modules without gradients) and
     ``net.update_teacher(decay)``.
     """
-    from common.train import fit  # the loop imports the data stack; keep models importable alone
 
     if cfg.encoder.image_size != data.image_size:
         raise ConfigError(f"config error: teacher.encoder.image_size={cfg.encoder.image_size} "
