@@ -200,8 +200,9 @@ def bench_train_tiny(steps: int, device: str) -> Dict[str, float]:
     shre = chapter("shre")
     cfg = shre.load_config("tiny")
     cfg.text.vocab_size = 1024
-    teacher = TINY_RECIPES["tiny-cnn"].build(cfg.teacher)
-    case = BenchCase(shre.module.build_model(cfg, 100, pad_id=1),
+    teacher = TINY_RECIPES["tiny-cnn"].build(cfg.teacher).eval()  # as measure() runs it
+    cfg.head_classes = shre.module.teacher_classes(teacher, cfg.data.image_size)
+    case = BenchCase(shre.module.build_model(cfg, pad_id=1),
                      lambda m, b: shre.module.shre_losses(m, teacher, b)["loss"],
                      synthetic_image_text_batch(cfg.train.batch_size, cfg.data.image_size,
                                                 cfg.data.max_text_len, cfg.text.vocab_size),
