@@ -174,15 +174,16 @@ def test_one_pass_ranks_equal_two_pass_reference(seed, n, dim, noise, duplicate)
 
 
 def test_one_pass_ranks_with_duplicated_images_and_captions():
-    # every image twice and every caption twice: each score has an exact twin, so every
-    # caption falls back to the two-pass ranking, and the tie rule must charge each twin
+    # every image twice and every caption twice: each score has an exact twin, and the tie
+    # rule must charge each twin
     image, text, ids = random_case(6, 20, 8, 1.0)
     image = torch.cat([image, image])  # image i + 20 == image i
     text, ids = torch.cat([text, text]), torch.cat([ids, ids + 20])  # copies belong to the copies
     images = torch.arange(40)
-    i2t, t2i = image_text_ranks(image, text, ids, chunk_size=16)
-    assert torch.equal(i2t, reference_ranks(image, images, text, ids))
-    assert torch.equal(t2i, reference_ranks(text, ids, image, images))
+    for chunk in (1, 16):  # chunks of 1: the band outgrows its budget (matching_ranks takes over)
+        i2t, t2i = image_text_ranks(image, text, ids, chunk_size=chunk)
+        assert torch.equal(i2t, reference_ranks(image, images, text, ids))
+        assert torch.equal(t2i, reference_ranks(text, ids, image, images))
     assert (t2i >= 1).all()  # the twin of a caption's image always ties with it
 
 
@@ -192,5 +193,6 @@ def test_one_pass_ranks_float64_and_collapsed():
     i2t, t2i = image_text_ranks(image, text, ids, chunk_size=8)
     assert torch.equal(i2t, reference_ranks(image, images, text, ids))
     assert torch.equal(t2i, reference_ranks(text, ids, image, images))
-    i2t, t2i = image_text_ranks(torch.ones(4, 3), torch.ones(8, 3), torch.arange(4).repeat(2))
-    assert i2t.tolist() == [6] * 4 and t2i.tolist() == [3] * 8  # every score ties
+    for chunk in (1, 3, 256):  # every score ties: the band overflows at chunks of 1 and 3
+        i2t, t2i = image_text_ranks(torch.ones(4, 3), torch.ones(8, 3), torch.arange(4).repeat(2), chunk)
+        assert i2t.tolist() == [6] * 4 and t2i.tolist() == [3] * 8, chunk
