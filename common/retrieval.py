@@ -122,7 +122,9 @@ def image_text_ranks(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor
     Exact ties (duplicated images or captions) land in the band and rank by the documented
     rule. Should the band hold more than a quarter of a chunk of scores (degenerate
     embeddings, all near one vector), the captions concerned are ranked by
-    :func:`matching_ranks` instead, which keeps the memory bound.
+    :func:`matching_ranks` instead, which keeps the memory bound. Text->image thus compares
+    scores of the image-major product where :func:`matching_ranks` would use caption-major
+    ones: the same up to rounding, and the same ranks in every test and on 5k x 25k cases.
     """
     n_images = image_emb.shape[0]
     dtype = torch.promote_types(torch.promote_types(image_emb.dtype, text_emb.dtype), torch.float32)
