@@ -99,11 +99,17 @@ def _batch_logits(image: Tensor, text: Tensor, logit_scale: Union[Tensor, float]
     return logits_per_image, logits_per_text, labels
 
 
-def _unit_bank(bank: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
-    """Detached, L2-normalised bank rows ``[K, D]`` in ``like``'s dtype; None when absent or empty."""
+def _bank_rows(bank: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
+    """Detached bank rows ``[K, D]`` in ``like``'s dtype; None when absent or empty."""
     if bank is None or bank.shape[0] == 0:
         return None
-    return F.normalize(bank.detach().to(like.dtype), dim=-1)
+    return bank.detach().to(like.dtype)
+
+
+def _unit_bank(bank: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
+    """:func:`_bank_rows`, L2-normalised."""
+    rows = _bank_rows(bank, like)
+    return None if rows is None else F.normalize(rows, dim=-1)
 
 
 def contrastive_logits(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, float],
@@ -134,48 +140,66 @@ def contrastive_logits(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[T
     return logits_per_image, logits_per_text, labels
 
 
-class _ConstantKeysLogSumExp(torch.autograd.Function):
-    """``logsumexp(queries @ keys.T, dim=1)`` ``[B]`` for constant ``keys [K, D]``, in one pass.
+class _BankLogSumExp(torch.autograd.Function):
+    """``logsumexp(queries @ unit(bank).T, dim=1)`` ``[B]`` for a constant ``bank [K, D]``.
 
-    Forward keeps ``exp(logit - row max)`` (``[B, K]``, float32), which is all the backward
-    needs: ``d/d queries = softmax @ keys``, with the softmax's row factors applied to the
-    ``[B, D]`` product. Autograd through ``torch.logsumexp`` runs about five more ``[B, K]``
-    passes and allocations (it recomputes the exponentials and broadcasts), which at the
-    tiny ITC step's shapes cost more than both products.
+    ``unit`` is :func:`F.normalize` of the rows, applied to the logits' columns instead
+    (no normalised copy of the bank). The bank is taken in blocks of rows whose ``[B, k]``
+    logits (about 1 MB) stay in cache from the product through ``exp`` and the row sum, and
+    the blocks' log-sum-exps are combined as in online softmax. Forward keeps each block's
+    ``exp(logit - block max)``, which is all the backward needs: ``d/d queries`` is the
+    softmax times the unit bank, with the row factors applied to the ``[B, D]`` products.
+    Autograd through concatenated logits and ``F.cross_entropy`` instead runs several more
+    full ``[B, K]`` passes and fresh allocations, and a ``[K, D]`` gradient nobody uses.
     """
 
     @staticmethod
-    def forward(ctx, queries: Tensor, keys: Tensor) -> Tensor:  # type: ignore[override]
-        weights = (queries @ keys.T).float()  # B x K logits
-        top = weights.amax(dim=1, keepdim=True)  # B x 1
-        weights.sub_(top).exp_()  # B x K, exp(logit - max)
-        total = weights.sum(dim=1, keepdim=True)  # B x 1
-        ctx.save_for_backward(weights, total, keys)
+    def forward(ctx, queries: Tensor, bank: Tensor) -> Tensor:  # type: ignore[override]
+        inv_norms = bank.norm(dim=1).clamp_min(1e-12).reciprocal()  # K, as F.normalize
+        rows = max(1, (1 << 18) // queries.shape[0])  # [B, rows] float32 logits: 1 MB
+        weights, tops, sums = [], [], []
+        for start in range(0, bank.shape[0], rows):
+            logits = (queries @ bank[start:start + rows].T).float()  # B x k
+            logits.mul_(inv_norms[start:start + rows])  # against unit rows
+            top = logits.amax(dim=1, keepdim=True)  # B x 1
+            weights.append(logits.sub_(top).exp_())  # B x k, exp(logit - block max)
+            tops.append(top)
+            sums.append(weights[-1].sum(dim=1, keepdim=True))  # B x 1
+        tops_, sums_ = torch.cat(tops, dim=1), torch.cat(sums, dim=1)  # B x blocks
+        top = tops_.amax(dim=1, keepdim=True)  # B x 1
+        block_scale = (tops_ - top).exp_()  # B x blocks
+        total = (sums_ * block_scale).sum(dim=1, keepdim=True)  # B x 1
+        ctx.rows = rows
+        ctx.save_for_backward(block_scale / total, bank, inv_norms, *weights)
         return (total.log() + top).squeeze(1)  # B
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
-        weights, total, keys = ctx.saved_tensors
-        # softmax rows times grad: the row factors scale the [B, D] product, not the [B, K] weights
-        return ((weights @ keys.to(weights.dtype)) * (grad[:, None] / total)).to(keys.dtype), None  # B x D
+        block_factor, bank, inv_norms, *weights = ctx.saved_tensors
+        factor = block_factor * grad[:, None].float()  # B x blocks: softmax = weights * factor
+        out = torch.zeros(factor.shape[0], bank.shape[1], device=bank.device)  # B x D
+        for i, w in enumerate(weights):
+            start = i * ctx.rows
+            unit = bank[start:start + ctx.rows].float() * inv_norms[start:start + ctx.rows, None]  # k x D
+            out.add_((w @ unit) * factor[:, i:i + 1])
+        return out.to(bank.dtype), None  # B x D
 
 
 def _banked_cross_entropy(logits: Tensor, labels: Tensor, queries: Tensor,
                           logit_scale: Union[Tensor, float], bank: Optional[Tensor]) -> Tensor:
-    """``F.cross_entropy`` over ``[logits | logit_scale * queries @ bank.T]`` without building it.
+    """``F.cross_entropy`` over ``[logits | logit_scale * queries @ unit(bank).T]`` without
+    building it (``unit``: rows L2-normalised).
 
     The bank columns only enter the normaliser, ``logsumexp`` over all columns, which is the
     ``logaddexp`` of the batch part's and the bank part's; the label is always a batch
     column. The bank is a constant, so its part is one ``[B, K]`` product forward and one
-    backward (into the queries, :class:`_ConstantKeysLogSumExp`), and ``logit_scale``
-    multiplies the ``[B, D]`` queries rather than the ``[B, K]`` logits. Concatenating
-    instead copied the bank into the graph and also computed the bank's ``[K, D]`` gradient,
-    only to drop it.
+    backward, into the queries (:class:`_BankLogSumExp`), and ``logit_scale`` multiplies
+    the ``[B, D]`` queries rather than the ``[B, K]`` logits.
     """
     if bank is None:
         return F.cross_entropy(logits, labels)
-    bank_part = _ConstantKeysLogSumExp.apply(logit_scale * queries, bank)  # B
+    bank_part = _BankLogSumExp.apply(logit_scale * queries, bank)  # B
     normaliser = torch.logaddexp(logits.float().logsumexp(dim=1), bank_part)  # B
     return (normaliser - logits.gather(1, labels[:, None]).squeeze(1)).mean()
 
@@ -203,8 +227,8 @@ def itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, flo
     text = F.normalize(text_emb, dim=-1)  # B x D
     logits_per_image, logits_per_text, labels = _batch_logits(
         image, text, logit_scale, gather, image_keys, text_keys)
-    return (_banked_cross_entropy(logits_per_image, labels, image, logit_scale, _unit_bank(text_bank, text))
-            + _banked_cross_entropy(logits_per_text, labels, text, logit_scale, _unit_bank(image_bank, image))) / 2
+    return (_banked_cross_entropy(logits_per_image, labels, image, logit_scale, _bank_rows(text_bank, text))
+            + _banked_cross_entropy(logits_per_text, labels, text, logit_scale, _bank_rows(image_bank, image))) / 2
 
 
 def random_negatives(n: int, generator: Optional[torch.Generator] = None) -> Tensor:

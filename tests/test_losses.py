@@ -106,7 +106,7 @@ def _loss_and_grads(loss_fn, image, text, log_scale, *rest):
     return [loss.detach()] + [leaf.grad for leaf in leaves]
 
 
-@pytest.mark.parametrize("case", ["hand", "random", "keys"])
+@pytest.mark.parametrize("case", ["hand", "random", "keys", "blocks"])
 def test_itc_bank_loss_and_gradients_equal_autograd_of_the_naive_formula(case):
     g = torch.Generator().manual_seed(3)
     if case == "hand":
@@ -114,11 +114,12 @@ def test_itc_bank_loss_and_gradients_equal_autograd_of_the_naive_formula(case):
         image_bank, text_bank = torch.tensor([[2.4, 1.8], [0.0, -3.0]]), torch.tensor([[-2.0, 0.0]])
         log_scale, keys = torch.tensor(0.5), (None, None)
     else:  # a scale near CLIP's cap: large logits exercise the log-sum-exp combination
-        image, text = torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g)
-        image_bank, text_bank = torch.randn(40, 12, generator=g), torch.randn(33, 12, generator=g)
+        batch, bank = (256, (2500, 1100)) if case == "blocks" else (16, (40, 33))  # blocks: 1024 rows
+        image, text = torch.randn(batch, 12, generator=g), torch.randn(batch, 12, generator=g)
+        image_bank, text_bank = (3 * torch.randn(k, 12, generator=g) for k in bank)
         log_scale = torch.tensor(4.5)
-        keys = (torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g)) if case == "keys" \
-            else (None, None)
+        keys = (torch.randn(batch, 12, generator=g), torch.randn(batch, 12, generator=g)) \
+            if case == "keys" else (None, None)
     expected = _loss_and_grads(naive_banked_itc, image, text, log_scale, image_bank, text_bank, *keys)
     got = _loss_and_grads(lambda i, t, s, ib, tb, ik, tk: itc_loss(i, t, s, ib, tb, image_keys=ik, text_keys=tk),
                           image, text, log_scale, image_bank, text_bank, *keys)
