@@ -218,8 +218,8 @@ def itc_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Union[Tensor, flo
     2018 / MoCo's queue) each image is also contrasted with every ``text_bank`` row and each
     text with every ``image_bank`` row; bank rows are extra negatives and get no gradient,
     and their logits only enter the softmax normaliser (:func:`_banked_cross_entropy`), so a
-    bank costs its two ``[B, K]`` products (forward, and backward into the batch) and
-    two passes over their ``[B, K]`` logits (at batch 256, dim 768 and 16k rows: 4 x 6.4 GFLOP).
+    bank costs little more than its two ``[B, K]`` products, forward and backward into the
+    batch (at batch 256, dim 768 and 16k rows per bank: 4 x 6.4 GFLOP).
     Across processes the columns span the global batch; with momentum ``*_keys`` the batch
     columns are those keys (see :func:`contrastive_logits`).
     """
