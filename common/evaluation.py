@@ -45,12 +45,25 @@ def embed_images(encode_image: Callable[[Tensor], Tensor], dataset: Dataset, dev
 def embed_texts(encode_text: Callable[[Tensor, Tensor], Tensor], texts: Sequence[str],
                 tokenizer: Tokenizer, max_len: int, device: torch.device,
                 batch_size: int = 512) -> Tensor:
-    """Embeddings [M, D] (float32, CPU) of ``texts``, tokenised as in training."""
+    """Embeddings [M, D] (float32, CPU) of ``texts``, tokenised as in training, in their order.
+
+    Captions are encoded in order of token length, each batch cut to its own longest
+    caption: a batch of mixed lengths pads all of them to nearly ``max_len`` (COCO: most
+    compute on padding). The padding mask keeps pads out of every real token's attention,
+    so only the batch composition changes, and embeddings agree to float rounding.
+    """
+    ids, pad = tokenizer.encode_batch(list(texts), max_len)  # M x L
+    lengths = (~pad).sum(dim=1)  # M
+    order = torch.argsort(lengths, stable=True)  # M, shortest first
     out = []
-    for start in range(0, len(texts), batch_size):
-        ids, pad = tokenizer.encode_batch(list(texts[start:start + batch_size]), max_len)
-        out.append(encode_text(ids.to(device), pad.to(device)).float().cpu())
-    return torch.cat(out)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]  # b
+        width = int(lengths[rows].max())
+        out.append(encode_text(ids[rows, :width].to(device), pad[rows, :width].to(device)).float().cpu())
+    by_length = torch.cat(out)  # M x D
+    embeddings = torch.empty_like(by_length)
+    embeddings[order] = by_length  # back to the order of ``texts``
+    return embeddings
 
 
 def retrieval_metrics(model: ImageTextModel, rset: RetrievalSet, tokenizer: Tokenizer,

@@ -5,7 +5,8 @@ high (cosine similarity) as the query's best *matching* key? A query is a hit at
 that number is below k. :func:`matching_ranks` answers it chunk by chunk, so a 5k x 25k
 COCO evaluation never holds more than ``chunk_size`` rows of scores (about
 ``chunk_size * keys * 10`` bytes with the temporaries: 64 MB for 256 x 25k), and no sort or
-top-k is needed.
+top-k is needed. :func:`retrieval_recall` ranks both directions on one pass over the
+image x caption scores (:func:`image_text_ranks`).
 
 Ties are counted *against* the query: a non-matching key with exactly the same score as the
 best matching key ranks ahead of it. The result is then independent of key order and of
@@ -16,7 +17,7 @@ both images one rank in image->text retrieval.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -70,6 +71,112 @@ def percent_hits(ranks: Tensor, k: int) -> float:
     return 100.0 * (ranks < k).double().mean().item()
 
 
+def _caption_table(ids: Tensor, n_images: int) -> Tensor:
+    """``[N, C]`` caption indices per image (C = most captions of one image), padded by
+    repeating the image's first caption: a max over a row, or writing to its positions, then
+    sees exactly the image's own captions. Every image has at least one (checked by the caller)."""
+    order = torch.argsort(ids, stable=True)  # M, captions grouped by image
+    counts = torch.bincount(ids, minlength=n_images)  # N
+    first = torch.cumsum(counts, 0) - counts  # N, offset of each image's group in order
+    slot = torch.arange(int(counts.max()), device=ids.device)  # C
+    within = torch.where(slot[None, :] < counts[:, None], slot[None, :], 0)  # N x C, padding -> 0
+    return order[first[:, None] + within]  # N x C
+
+
+def _count_at_least(scores: Tensor, threshold: Tensor, dim: int, buffer: Tensor) -> Tensor:
+    """``(scores >= threshold).sum(dim)`` as float, through ``buffer``: 2-4x faster on CPU than
+    summing a bool tensor. Exact: ``x - y >= 0`` iff ``x >= y`` in IEEE arithmetic (subnormals
+    keep the difference of unequal numbers non-zero), and counts stay far below 2**24."""
+    return torch.sub(scores, threshold, out=buffer).ge_(0).sum(dim)
+
+
+def _chunk_counts(scores: Tensor, best: Tensor, lo: Tensor, hi: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per row of ``scores [c, M]`` the scores >= its ``best [c, 1]``; per column those >=
+    ``lo [M]`` and >= ``hi [M]``. Blocks of rows of about 2 MB run all three counts while the
+    block is in cache: 1.7x faster than three passes over the whole chunk."""
+    rows = max(1, (1 << 19) // scores.shape[1])
+    buffer = scores.new_empty(min(rows, scores.shape[0]), scores.shape[1])  # r x M
+    ahead, at_lo, at_hi = [], torch.zeros_like(lo), torch.zeros_like(hi)
+    for start in range(0, scores.shape[0], rows):
+        block = scores[start:start + rows]  # r x M
+        part = buffer[:block.shape[0]]
+        ahead.append(_count_at_least(block, best[start:start + rows], 1, part))  # r
+        at_lo += _count_at_least(block, lo, 0, part)  # M
+        at_hi += _count_at_least(block, hi, 0, part)  # M
+    return torch.cat(ahead), at_lo, at_hi
+
+
+def image_text_ranks(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor,
+                     chunk_size: int = 256) -> Tuple[Tensor, Tensor]:
+    """Both directions' :func:`matching_ranks` (``(i2t [N], t2i [M])``) from one pass over the scores.
+
+    Image chunks are scored against all captions once (``chunk_size x M`` scores at a time)
+    and both directions rank those same scores. Image->text ranks come out of each chunk as
+    in :func:`matching_ranks` (the same product, the same chunks). Text->image needs, per
+    caption, how many other images score at least its own image's score, which only the
+    caption's own image chunk holds. So each caption counts, chunk by chunk, the images
+    scoring at or above ``hi`` (ahead for sure) and keeps the few scores in ``[lo, hi)``, a
+    band around its positive score computed beforehand in float64 and wider than the
+    rounding error of a ``D``-term dot product of unit vectors (``D * eps / 2``); once its
+    own chunk has given the exact positive score, the kept scores are compared with it.
+    Exact ties (duplicated images or captions) land in the band and rank by the documented
+    rule. Should the band hold more than a quarter of a chunk of scores (degenerate
+    embeddings, all near one vector), the captions concerned are ranked by
+    :func:`matching_ranks` instead, which keeps the memory bound. Text->image thus compares
+    scores of the image-major product where :func:`matching_ranks` would use caption-major
+    ones: the same up to rounding, and the same ranks in every test and on 5k x 25k cases.
+    """
+    n_images = image_emb.shape[0]
+    dtype = torch.promote_types(torch.promote_types(image_emb.dtype, text_emb.dtype), torch.float32)
+    image = _unit_rows("image embeddings", image_emb, dtype)  # N x D
+    text = _unit_rows("text embeddings", text_emb, dtype)  # M x D
+    ids = text_image_ids.to(image.device)  # M
+    captions = _caption_table(ids, n_images)  # N x C
+    estimate = torch.cat([(text[s:s + chunk_size].double() * image[ids[s:s + chunk_size]].double()).sum(-1)
+                          for s in range(0, text.shape[0], chunk_size)])  # M, float64
+    unit = torch.finfo(dtype).eps / 2  # unit roundoff; reduced-precision matmuls round far more
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        unit = 2.0 ** -9  # bfloat16 ("medium"); covers TF32 ("high") as well
+    margin = (image.shape[1] + 2) * unit * 1.01  # > the error bound of one score + rounding lo, hi
+    lo, hi = (estimate - margin).to(dtype), (estimate + margin).to(dtype)  # M
+    positive = torch.empty_like(lo)  # M, each caption's own score, from its image's chunk
+    i2t, at_lo, at_hi = [], torch.zeros_like(lo), torch.zeros_like(hi)  # counts as floats: exact
+    # (caption, score) pairs in the band: 12 bytes each, at most 3 bytes per score of a chunk
+    band_texts, band_scores, kept, budget = [], [], 0, chunk_size * text.shape[0] // 4
+    for start in range(0, n_images, chunk_size):
+        scores = image[start:start + chunk_size] @ text.T  # c x M
+        own = captions[start:start + chunk_size]  # c x C
+        own_scores = scores.gather(1, own)  # c x C
+        positive[own.flatten()] = own_scores.flatten()  # padding repeats a caption: same value
+        best = own_scores.amax(dim=1, keepdim=True)  # c x 1
+        scores.scatter_(1, own, float("-inf"))  # matching captions never rank ahead
+        ahead, chunk_lo, chunk_hi = _chunk_counts(scores, best, lo, hi)  # c, M, M
+        i2t.append(ahead)
+        at_lo += chunk_lo
+        at_hi += chunk_hi
+        in_band = int((chunk_lo - chunk_hi).sum())  # scores in [lo, hi) of this chunk
+        if in_band and kept + in_band > budget:
+            band_texts, band_scores, kept = [], [], budget + 1  # too many: matching_ranks below
+        elif in_band:
+            columns = (chunk_lo != chunk_hi).nonzero().flatten()  # captions with scores in the band
+            for group in columns.split(max(1, text.shape[0] // 4)):  # copies of <= 1/4 chunk
+                band = scores[:, group]  # c x u
+                rows, cols = ((band >= lo[group]) & (band < hi[group])).nonzero(as_tuple=True)
+                band_texts.append(group[cols])
+                band_scores.append(band[rows, cols])
+            kept += in_band
+    t2i = at_hi.long()  # M
+    if kept > budget:
+        unsure = (at_lo != at_hi).nonzero().flatten()
+        images = torch.arange(n_images, device=ids.device)
+        t2i[unsure] = matching_ranks(text_emb[unsure], ids[unsure], image_emb, images, chunk_size)
+    elif band_texts:
+        texts, band = torch.cat(band_texts), torch.cat(band_scores)  # in-band (caption, score) pairs
+        ahead = band >= positive[texts]
+        t2i.index_add_(0, texts[ahead], torch.ones_like(texts[ahead]))
+    return torch.cat(i2t).long(), t2i
+
+
 def retrieval_recall(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor,
                      ks: Sequence[int] = (1, 5, 10), chunk_size: int = 256) -> Dict[str, float]:
     """Zero-shot image->text and text->image recall@k in percent, as reported for COCO/Flickr.
@@ -78,7 +185,8 @@ def retrieval_recall(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor
     m's image (COCO: 5 captions per image). Image->text: an image is a hit at k if any of
     its captions is among its k most similar texts (rank of its best caption < k).
     Text->image: a caption is a hit if its image is among its k most similar images. This is
-    the protocol of CLIP/ALBEF/VLMo. Ties count against the query (module docstring).
+    the protocol of CLIP/ALBEF/VLMo. Ties count against the query (module docstring); both
+    directions come from one pass over the scores (:func:`image_text_ranks`).
     Returns ``{"i2t_r1": .., "i2t_r5": .., "i2t_r10": .., "t2i_r1": .., ...}``.
     """
     n_images, n_texts = image_emb.shape[0], text_emb.shape[0]
@@ -93,9 +201,7 @@ def retrieval_recall(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor
     if len(without_caption):
         raise DataError(f"{len(without_caption)} images have no caption (first: index "
                         f"{int(without_caption[0])}); drop them or fix the caption file")
-    images = torch.arange(n_images, device=ids.device)
-    i2t = matching_ranks(image_emb, images, text_emb, ids, chunk_size)  # N
-    t2i = matching_ranks(text_emb, ids, image_emb, images, chunk_size)  # M
+    i2t, t2i = image_text_ranks(image_emb, text_emb, ids, chunk_size)  # N, M
     recall = {f"i2t_r{k}": percent_hits(i2t, k) for k in ks}
     recall.update({f"t2i_r{k}": percent_hits(t2i, k) for k in ks})
     return recall

@@ -59,3 +59,17 @@ def test_full_bench_on_cpu_stops_with_one_line(monkeypatch, caplog):
         bench.main(["--preset", "full"])
     assert exit_.value.code == 2
     assert "needs a CUDA GPU" in caplog.text and len(caplog.records) == 1
+
+
+def test_retrieval_and_bank_benches_report_ratios_to_their_baselines():
+    r = bench.bench_retrieval(n_images=40, dim=16, repeats=1)
+    assert r["retrieval_vs_topk"] == pytest.approx(r["retrieval_s"] / r["matmul_topk_s"])
+    assert r["retrieval_s"] > 0 and r["matmul_topk_s"] > 0
+    r = bench.bench_itc_bank("cpu", batch=8, dim=16, bank_size=64, repeats=1)
+    assert r["bank_vs_plain"] == pytest.approx(r["itc_bank_ms"] / r["itc_plain_ms"])
+    assert r["itc_bank_ms"] > 0 and r["itc_plain_ms"] > 0
+
+
+def test_tiny_training_bench_builds_the_shre_step():
+    out = bench.bench_train_tiny(steps=1, device="cpu")
+    assert out["preset"] == "tiny" and out["batch"] > 0 and out["steps_per_s"] > 0

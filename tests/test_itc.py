@@ -213,3 +213,19 @@ def test_full_model_benches_at_a_tiny_shape():
             "data.max_text_len=8", "train.batch_size=2", "train.precision='no'"]
     out = bench.bench_chapter("itc_ablation", steps=1, overrides=tiny, device="cpu")
     assert out["batch"] == 2 and out["steps_per_s"] > 0 and out["flops_per_step"] > 0
+
+
+@pytest.mark.parametrize("align,proj", [("itc", "encoder"), ("cos", "none")])
+def test_batches_cut_to_their_longest_caption_give_the_losses_of_max_len_padding(align, proj):
+    # collate_image_text (Tokenizer.encode_batch) cuts every training batch to its longest
+    # caption; the padding mask keeps the extra pads of a max_len batch out of every term
+    losses = []
+    for width in (4, 8):  # the batch's longest caption is 4 tokens; max_len 8
+        model, batch = _model_and_batch(align, proj)
+        ids = torch.nn.functional.pad(batch["text_ids"], (0, width - 4), value=1)
+        batch.update(text_ids=ids, text_padding_mask=ids.eq(1))
+        torch.manual_seed(1)  # the cosine loss's random negatives
+        losses.append(alignment_losses(model, MeanTeacher(), batch, align))
+    assert set(losses[0]) == set(losses[1])
+    for name in losses[0]:
+        torch.testing.assert_close(losses[0][name], losses[1][name], rtol=0, atol=1e-6, msg=name)

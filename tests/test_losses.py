@@ -86,6 +86,47 @@ def test_itc_bank_columns_and_no_bank_gradient():
     assert image_bank.grad is None and text_bank.grad is None
 
 
+def naive_banked_itc(image, text, scale, image_bank, text_bank, image_keys=None, text_keys=None):
+    """The formula written out: concatenate batch and (detached) bank logits, cross-entropy."""
+    norm = torch.nn.functional.normalize
+    image, text = norm(image, dim=-1), norm(text, dim=-1)
+    image_cols = norm(image_keys, dim=-1).detach() if image_keys is not None else image
+    text_cols = norm(text_keys, dim=-1).detach() if text_keys is not None else text
+    per_image = scale * image @ torch.cat([text_cols, norm(text_bank.detach(), dim=-1)]).T
+    per_text = scale * text @ torch.cat([image_cols, norm(image_bank.detach(), dim=-1)]).T
+    labels = torch.arange(len(image))
+    ce = torch.nn.functional.cross_entropy
+    return (ce(per_image, labels) + ce(per_text, labels)) / 2
+
+
+def _loss_and_grads(loss_fn, image, text, log_scale, *rest):
+    leaves = [x.detach().clone().requires_grad_() for x in (image, text, log_scale)]
+    loss = loss_fn(leaves[0], leaves[1], leaves[2].exp(), *rest)
+    loss.backward()
+    return [loss.detach()] + [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.parametrize("case", ["hand", "random", "keys", "blocks"])
+def test_itc_bank_loss_and_gradients_equal_autograd_of_the_naive_formula(case):
+    g = torch.Generator().manual_seed(3)
+    if case == "hand":
+        image, text = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+        image_bank, text_bank = torch.tensor([[2.4, 1.8], [0.0, -3.0]]), torch.tensor([[-2.0, 0.0]])
+        log_scale, keys = torch.tensor(0.5), (None, None)
+    else:  # a scale near CLIP's cap: large logits exercise the log-sum-exp combination
+        batch, bank = (256, (2500, 1100)) if case == "blocks" else (16, (40, 33))  # blocks: 1024 rows
+        image, text = torch.randn(batch, 12, generator=g), torch.randn(batch, 12, generator=g)
+        image_bank, text_bank = (3 * torch.randn(k, 12, generator=g) for k in bank)
+        log_scale = torch.tensor(4.5)
+        keys = (torch.randn(batch, 12, generator=g), torch.randn(batch, 12, generator=g)) \
+            if case == "keys" else (None, None)
+    expected = _loss_and_grads(naive_banked_itc, image, text, log_scale, image_bank, text_bank, *keys)
+    got = _loss_and_grads(lambda i, t, s, ib, tb, ik, tk: itc_loss(i, t, s, ib, tb, image_keys=ik, text_keys=tk),
+                          image, text, log_scale, image_bank, text_bank, *keys)
+    for name, want, have in zip(("loss", "image grad", "text grad", "scale grad"), expected, got):
+        torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_itc_empty_bank_equals_no_bank():
     image, text = torch.randn(3, 5), torch.randn(3, 5)
     empty = torch.zeros(0, 5)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from common.errors import DataError
-from common.retrieval import knn_accuracy, knn_topk_accuracies, matching_ranks, retrieval_recall
+from common.retrieval import (image_text_ranks, knn_accuracy, knn_topk_accuracies, matching_ranks,
+                              percent_hits, retrieval_recall)
 
 
 def at(degrees, norm=1.0):
@@ -121,3 +122,77 @@ def test_knn_hand_case():
 def test_knn_query_label_absent_from_bank_is_always_wrong():
     queries, labels = torch.tensor([at(0)]), torch.tensor([7])
     assert knn_accuracy(queries, labels, BANK, BANK_LABELS, k=100) == 0.0
+
+
+def reference_ranks(queries, query_ids, keys, key_ids, chunk_size=256):
+    """``matching_ranks`` as it was before retrieval scored each chunk once for both
+    directions (one full pass per direction), kept here as the slow reference."""
+    dtype = torch.promote_types(torch.promote_types(queries.dtype, keys.dtype), torch.float32)
+    q = torch.nn.functional.normalize(queries.to(dtype), dim=-1)
+    k = torch.nn.functional.normalize(keys.to(dtype), dim=-1)
+    has_match = torch.isin(query_ids, key_ids)
+    ranks = []
+    for start in range(0, q.shape[0], chunk_size):
+        scores = q[start:start + chunk_size] @ k.T
+        match = query_ids[start:start + chunk_size, None] == key_ids[None, :]
+        best = torch.where(match, scores, float("-inf")).amax(dim=1, keepdim=True)
+        scores.masked_fill_(match, float("-inf"))
+        ranks.append((scores >= best).sum(dim=1))
+    return torch.cat(ranks).masked_fill_(~has_match, torch.iinfo(torch.long).max)
+
+
+def random_case(seed, n, dim, noise, duplicate=0.0, dtype=torch.float32):
+    """n images with 1-3 captions each in shuffled order; ``duplicate`` of the images and of
+    the captions are exact copies of another row (exact score ties)."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(n, dim, generator=g, dtype=dtype)
+    ids = torch.arange(n).repeat_interleave(torch.randint(1, 4, (n,), generator=g))
+    ids = ids[torch.randperm(len(ids), generator=g)]
+    text = noise * torch.randn(len(ids), dim, generator=g, dtype=dtype) + image[ids]
+    for rows in (image, text):
+        copies = torch.rand(len(rows), generator=g) < duplicate
+        sources = torch.randint(0, len(rows), (len(rows),), generator=g)
+        rows[copies] = rows[sources[copies]]
+    return image, text, ids
+
+
+@pytest.mark.parametrize("seed, n, dim, noise, duplicate", [
+    (0, 50, 16, 1.0, 0.0), (1, 97, 8, 2.0, 0.0), (2, 60, 32, 3.0, 0.0),
+    (3, 50, 16, 1.0, 0.3), (4, 40, 4, 0.5, 0.5), (5, 30, 2, 0.2, 0.8)])
+def test_one_pass_ranks_equal_two_pass_reference(seed, n, dim, noise, duplicate):
+    image, text, ids = random_case(seed, n, dim, noise, duplicate)
+    images = torch.arange(n)
+    expected_i2t = reference_ranks(image, images, text, ids)
+    expected_t2i = reference_ranks(text, ids, image, images)
+    for chunk in (1, 7, 64, 10_000):
+        i2t, t2i = image_text_ranks(image, text, ids, chunk_size=chunk)
+        assert torch.equal(i2t, expected_i2t) and torch.equal(t2i, expected_t2i), chunk
+    ks = (1, 5, 10)
+    expected = {f"i2t_r{k}": percent_hits(expected_i2t, k) for k in ks}
+    expected.update({f"t2i_r{k}": percent_hits(expected_t2i, k) for k in ks})
+    assert retrieval_recall(image, text, ids, ks, chunk_size=13) == expected
+
+
+def test_one_pass_ranks_with_duplicated_images_and_captions():
+    # every image twice and every caption twice: each score has an exact twin, and the tie
+    # rule must charge each twin
+    image, text, ids = random_case(6, 20, 8, 1.0)
+    image = torch.cat([image, image])  # image i + 20 == image i
+    text, ids = torch.cat([text, text]), torch.cat([ids, ids + 20])  # copies belong to the copies
+    images = torch.arange(40)
+    for chunk in (1, 16):  # chunks of 1: the band outgrows its budget (matching_ranks takes over)
+        i2t, t2i = image_text_ranks(image, text, ids, chunk_size=chunk)
+        assert torch.equal(i2t, reference_ranks(image, images, text, ids))
+        assert torch.equal(t2i, reference_ranks(text, ids, image, images))
+    assert (t2i >= 1).all()  # the twin of a caption's image always ties with it
+
+
+def test_one_pass_ranks_float64_and_collapsed():
+    image, text, ids = random_case(7, 30, 16, 1.0, dtype=torch.float64)
+    images = torch.arange(30)
+    i2t, t2i = image_text_ranks(image, text, ids, chunk_size=8)
+    assert torch.equal(i2t, reference_ranks(image, images, text, ids))
+    assert torch.equal(t2i, reference_ranks(text, ids, image, images))
+    for chunk in (1, 3, 256):  # every score ties: the band overflows at chunks of 1 and 3
+        i2t, t2i = image_text_ranks(torch.ones(4, 3), torch.ones(8, 3), torch.arange(4).repeat(2), chunk)
+        assert i2t.tolist() == [6] * 4 and t2i.tolist() == [3] * 8, chunk
