@@ -10,63 +10,29 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch import Tensor, nn
+from torch import nn
 
 from common.checkpoint import list_checkpoints
-from common.config import (DataConfig, EncoderConfig, EvalConfig, ImageEncoderConfig, TeacherConfig,
-                           TextEncoderConfig, TrainConfig)
-from common.data.datasets import ImageLabelSet, RetrievalSet, collate_image_text
-from common.data.multi import image_text_stream
+from common.config import DataConfig, EvalConfig
+from common.data.datasets import ImageLabelSet, RetrievalSet
 from common.data.sources import (check_image_files, dataset_name, open_source, prompt_templates,
                                  zero_shot_name, zero_shot_source)
-from common.data.tokenizer import Tokenizer, build_tokenizer
-from common.data.transforms import eval_transform, train_transform
+from common.data.tokenizer import Tokenizer
+from common.data.transforms import eval_transform
 from common.errors import UserError
 from common.distributed import is_main_process
-from common.evaluation import (ImageTextModel, embed_images, embed_texts, retrieval_metrics,
-                               zero_shot_metrics)
-from common.models.multimodal import (LEVELS, HeadConfig, MultimodalEncoder, MultimodalOutput,
-                                     teacher_width)
-from common.models.teachers import build_teacher
+from common.evaluation import ImageTextModel, retrieval_metrics, zero_shot_metrics
 from common.paths import results_dir, runs_dir
 from common.results import append_rows
-from common.retrieval import mean_recall, pair_cosines, retrieval_recall
-from common.sweep import Variant
 
 log = logging.getLogger(__name__)
 
 RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
-NO_TEACHER = "none"  # teacher.name of a run without distillation
-LossFn = Callable[[nn.Module, Dict[str, Tensor]], Dict[str, Tensor]]
-
-
-@dataclass
-class MultimodalChapterConfig:
-    """The settings of a chapter that trains :class:`~common.models.multimodal.MultimodalEncoder`
-    students (chapters 3-5): each chapter's ``run.py`` subclasses it with its name and
-    defaults, and its ``tiny.yaml`` / ``full.yaml`` set the values."""
-
-    chapter: str = ""
-    run: str = ""  # the results file: results/<chapter>/<run>.csv
-    preset: str = "tiny"
-    data: DataConfig = field(default_factory=DataConfig)
-    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # modality-specific blocks
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    shared: EncoderConfig = field(default_factory=lambda: EncoderConfig(depth=1))
-    head: HeadConfig = field(default_factory=HeadConfig)  # projections, temperature, bank size
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    variants: List[Variant] = field(default_factory=list)
-    only: List[str] = field(default_factory=list)  # run only these variants (by name)
-    seeds: int = 1  # seeds per trained variant; the SEEDS environment variable overrides it
 
 
 # Top-level config sections a continued run may change: how it goes on training (``fit``
@@ -176,96 +142,6 @@ class EvalSets:
             rows.append({**meta, "dataset": zero_shot_name(self.data, self.evals.zero_shot),
                          "zs_top1": zs["zs_top1"], "zs_top5": zs["zs_top5"]})
         return rows
-
-    def alignment_rows(self, model: MultimodalEncoder, tokenizer: Tokenizer, meta: Dict[str, Any],
-                       retrieve: str = "embedding") -> List[Dict[str, Any]]:
-        """Rows of a :class:`~common.models.multimodal.MultimodalEncoder` (chapters 3-5), one
-        per retrieval set: recall at the ``retrieve`` level (``embedding``: what the model
-        retrieves with; ``encoder``: the modality encoders alone, the unimodal pair), mean
-        recall, and the mean cosine of matching / non-matching pairs after the encoders and
-        after the shared blocks. R@1 at every level goes to ``notes``. One forward pass per
-        input yields all levels."""
-        device, d = next(model.parameters()).device, model.image.dim
-
-        def levels(out: MultimodalOutput) -> Tensor:  # B x (D + D + E)
-            return torch.cat([out.encoder_cls, out.cls, out.embedding], dim=-1)
-
-        def split(emb: Tensor) -> Dict[str, Tensor]:
-            return {"encoder": emb[:, :d], "shared": emb[:, d:2 * d], "embedding": emb[:, 2 * d:]}
-
-        rows = []
-        for role, rset in self.retrieval.items():
-            images, _ = embed_images(lambda x: levels(model.forward_image(x)), rset, device,
-                                     self.evals.batch_size, self.data.num_workers)
-            texts = embed_texts(lambda ids, pad: levels(model.forward_text(ids, pad)), rset.captions,
-                                tokenizer, self.data.max_text_len, device, 2 * self.evals.batch_size)
-            images, texts = split(images), split(texts)
-            recall = {level: retrieval_recall(images[level], texts[level], rset.text_image_ids)
-                      for level in LEVELS if level != "embedding" or model.proj != "none"}
-            recall.setdefault("embedding", recall["shared"])  # no projection: the same vectors
-            cosines = {level: pair_cosines(images[level], texts[level], rset.text_image_ids)
-                       for level in ("encoder", "shared")}
-            name = dataset_name(self.data, role)
-            notes = "R@1 i2t/t2i by level: " + ", ".join(
-                f"{level} {recall[level]['i2t_r1']:.2f}/{recall[level]['t2i_r1']:.2f}" for level in LEVELS)
-            log.info("%s: %s; %s", name, " ".join(f"{k}={v:.2f}" for k, v in recall[retrieve].items()),
-                     notes)
-            rows.append({**meta, "dataset": name, **recall[retrieve], **mean_recall(recall[retrieve]),
-                         **{f"cos_{kind}_{level}": round(c[kind], 4)
-                            for level, c in cosines.items() for kind in ("pos", "neg")},
-                         "notes": notes})
-        return rows
-
-
-def prepare_distillation(cfg: Any) -> Tuple[EvalSets, Tokenizer, Optional[nn.Module]]:
-    """Evaluation sets (opened first: a missing dataset stops before any training), tokenizer
-    and frozen teacher of a :class:`~common.models.multimodal.MultimodalEncoder` run
-    (``None`` for ``teacher.name=none``: a run without distillation).
-
-    Fills ``cfg.text.vocab_size`` (tokenizer) and ``cfg.head.target_dim`` (teacher width)
-    before the run folder is written, so its ``config.yaml`` rebuilds the same model.
-    """
-    evals = EvalSets(cfg.data, cfg.eval)
-    tokenizer = build_tokenizer(cfg.data)
-    cfg.text.vocab_size = tokenizer.vocab_size
-    if cfg.teacher.name == NO_TEACHER:
-        cfg.head.target_dim = 0
-        return evals, tokenizer, None
-    teacher = build_teacher(cfg.teacher, cfg.data)
-    cfg.head.target_dim = teacher_width(teacher, cfg.data.image_size)
-    return evals, tokenizer, teacher
-
-
-def train_multimodal(cfg: Any, model: MultimodalEncoder, losses: LossFn, teacher: Optional[nn.Module],
-                     evals: EvalSets, tokenizer: Tokenizer, *, model_name: str,
-                     results_file: str, reference_rows: Sequence[Dict[str, Any]] = ()
-                     ) -> List[Dict[str, Any]]:
-    """Train a :class:`~common.models.multimodal.MultimodalEncoder` on the image-text pairs
-    of ``cfg.data`` with ``losses`` (``fit``'s loss function), then evaluate it
-    (:meth:`EvalSets.alignment_rows`, plus a zero-shot row when ``cfg.eval.zero_shot`` is set)
-    and append the rows to ``results/<chapter>/<results_file>.csv`` at once, so a later
-    failure keeps them. ``reference_rows`` (e.g. the teacher's own kNN, measured before
-    training) are written in the same append, ahead of the student's, so a run that fails
-    leaves no rows without their student. One seed of one variant: ``runs/<chapter>/<run>-seed<k>/``."""
-    from common.train import fit  # the loop pulls in accelerate/deepspeed: only where it trains
-
-    out_dir = run_folder(cfg, f"{cfg.run}-seed{cfg.train.seed}")
-    stream = image_text_stream(open_source(cfg.data, "train"),
-                               train_transform(cfg.data.image_size, cfg.data.crop_scale, cfg.data.hflip),
-                               cfg.train.seed, cfg.train.batch_size)
-    result = fit(model, losses, stream, cfg.train, out_dir,
-                 collate_fn=collate_image_text(tokenizer, cfg.data.max_text_len),
-                 num_workers=cfg.data.num_workers, frozen=[teacher] if teacher is not None else [])
-    model.eval()
-    meta = run_meta(cfg, model, model_name=model_name, teacher=cfg.teacher.name,
-                    steps=result.step, train_minutes=result.train_minutes)
-    rows = evals.alignment_rows(model, tokenizer, meta)
-    if evals.zero_shot is not None:
-        zs = evals.zero_shot_metrics(model, tokenizer)
-        rows.append({**meta, "dataset": zero_shot_name(cfg.data, cfg.eval.zero_shot), **zs})
-    write_rows(cfg.chapter, results_file, [*reference_rows, *rows])
-    return rows
-
 
 def run_meta(cfg: Any, model: nn.Module, *, model_name: str, teacher: str, steps: int,
              train_minutes: float) -> Dict[str, Any]:

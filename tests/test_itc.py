@@ -13,7 +13,7 @@ import torch
 from common.config import (ConfigError, EncoderConfig, ImageEncoderConfig, TextEncoderConfig,
                            parse_cli)
 from common.losses import contrastive_logits
-from common.alignment import alignment_losses
+from common.mm_d2v2 import alignment_losses
 from common.memory_bank import MemoryBank, banked_itc_loss
 from common.models.encoder import EncoderOutput
 from common.models.multimodal import HeadConfig, build_multimodal

@@ -9,8 +9,8 @@ from common.config import (ConfigError, EncoderConfig, ImageEncoderConfig, TextE
                            TrainConfig, load_config)
 from common.models.attention import grid_distances, line_distances, pad_distances
 from common.models.encoder import EncoderOutput
-from common.models.multimodal import (HeadConfig, MultimodalEncoder, build_multimodal,
-                                      cls_distillation, teacher_width)
+from common.mm_d2v2 import cls_distillation
+from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal, teacher_width
 from common.optim import param_groups
 from common.retrieval import mean_recall, pair_cosines
 from common.sweep import Variant, expand, seed_count

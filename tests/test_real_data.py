@@ -342,7 +342,7 @@ def test_imagenet_from_hugging_face_parquet_is_exported_into_class_folders(tmp_p
 
 def test_chapters_train_on_one_dataset_per_batch(tmp_path, monkeypatch):
     """Chapters 3-5 (and SHRe, same call) turn the real training mix into a RoundRobinStream."""
-    from common import experiment
+    from common import mm_d2v2
 
     seen = {}
 
@@ -356,16 +356,16 @@ def test_chapters_train_on_one_dataset_per_batch(tmp_path, monkeypatch):
     write_coco(tmp_path)
     prepare(["coco", "--root", str(tmp_path)])
     cfg = DataConfig(source="real", root=str(tmp_path), train_sets=["coco", "coco"], image_size=16)
-    monkeypatch.setattr("common.train.fit", no_training)
+    monkeypatch.setattr(mm_d2v2, "fit", no_training)
 
     class Cfg:
         data, chapter, run = cfg, "ssa", "probe"
         train = type("T", (), {"seed": 0, "batch_size": 4})()
 
-    monkeypatch.setattr(experiment, "run_folder", lambda *a: tmp_path / "run")
+    monkeypatch.setattr(mm_d2v2, "run_folder", lambda *a: tmp_path / "run")
     with pytest.raises(Stop):
-        experiment.train_multimodal(Cfg, None, None, None, None, build_tokenizer(DataConfig()),
-                                    model_name="m", results_file="r")
+        mm_d2v2.train_multimodal(Cfg, None, None, None, None, build_tokenizer(DataConfig()),
+                                 model_name="m", results_file="r")
     assert isinstance(seen["stream"], RoundRobinStream)
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common.alignment import alignment_losses, check_alignment
+from common.mm_d2v2 import alignment_losses, check_alignment
 from common.config import ConfigError, EncoderConfig, ImageEncoderConfig, TextEncoderConfig, parse_cli
 from common.losses import itc_loss
 from common.models.multimodal import HeadConfig, build_multimodal
@@ -85,7 +85,7 @@ def test_tiny_run_every_teacher_writes_teacher_and_student_rows_and_the_figure(m
 
 
 def test_a_student_that_fails_leaves_no_orphan_teacher_rows(monkeypatch):
-    import common.train
+    import common.mm_d2v2
 
     class Killed(Exception):
         pass
@@ -93,7 +93,7 @@ def test_a_student_that_fails_leaves_no_orphan_teacher_rows(monkeypatch):
     def killed(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(common.train, "fit", killed)
+    monkeypatch.setattr(common.mm_d2v2, "fit", killed)  # the student's training
     cfg = parse_cli(teachers.TeacherComparisonConfig, CHAPTER, FEW_STEPS + ["only=[tiny-cnn]"])
     with pytest.raises(Killed):
         teachers.run(cfg)

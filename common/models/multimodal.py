@@ -11,7 +11,7 @@ modality-invariant representation:
     text  -> TextEmbed  -> text blocks  -> shared blocks -> CLS ─┴─> kd_map -> teacher's CLS (MSE)
 
 Label-free feature distillation makes both CLS outputs regress the teacher's CLS of the
-*image* (:func:`cls_distillation`): if both errors reached zero, image and caption would
+*image* (:func:`common.mm_d2v2.cls_distillation`): if both errors reached zero, image and caption would
 map to the same vector, so alignment follows from distillation alone. ``kd_map`` is a
 linear map into the teacher's width when it differs from the student's (tiny CNN teachers).
 
@@ -20,27 +20,25 @@ Chapter 4 adds image-text contrast on projected CLS vectors; where the projectio
 CLIP/FLAVA), ``shared`` (one projection on the shared CLS) or ``none`` (retrieval on the
 shared CLS itself). Every forward pass returns all :data:`LEVELS` (:class:`MultimodalOutput`),
 so evaluation can measure alignment after the encoders, after the shared blocks and after
-the projections in one pass (:meth:`common.experiment.EvalSets.alignment_rows`), and the
+the projections in one pass (:func:`common.mm_d2v2.alignment_rows`), and the
 unimodal-pair baseline is the encoder level of an untrained model.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from common.config import ConfigError, EncoderConfig, ImageEncoderConfig, TextEncoderConfig
-from common.losses import kd_mse_loss
 from common.memory_bank import MemoryBank
 from common.models.ema import ema_update
 from common.models.encoder import Encoder, build_image_encoder, build_text_encoder
 from common.models.heads import LogitScale, Projection
 from common.models.registry import init_encoder
 from common.models.teachers import teacher_embedding
-from common.targets import batch_standardized
 
 PROJECTIONS = ("none", "encoder", "shared")
 KD_TARGETS = ("raw", "batch")
@@ -202,22 +200,3 @@ def teacher_width(teacher: nn.Module, image_size: int) -> int:
     from one blank image."""
     device = next(teacher.parameters()).device
     return teacher_embedding(teacher, torch.zeros(1, 3, image_size, image_size, device=device)).shape[-1]
-
-
-def cls_distillation(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor]
-                     ) -> Tuple[MultimodalOutput, MultimodalOutput, Optional[Tensor], Dict[str, Tensor]]:
-    """Label-free feature KD: image CLS and text CLS both regress the teacher's vector of the
-    paired image (:func:`common.models.teachers.teacher_embedding`, MSE), as it is or
-    standardised over the batch (``head.kd_target``, :func:`common.targets.batch_standardized`).
-
-    Returns (image levels, text levels, logit scale (None unless the model is contrastive),
-    ``{"kd_image", "kd_text"}``) so that a chapter can add an alignment term on the same
-    forward pass.
-    """
-    target = teacher_embedding(teacher, batch["image"]).float()  # B x D_teacher, no grad
-    if getattr(model, "module", model).kd_target == "batch":  # DDP/DeepSpeed wrap the model
-        target = batch_standardized(target)
-    image, text, scale = model(batch["image"], batch["text_ids"], batch["text_padding_mask"])
-    terms = {"kd_image": kd_mse_loss(image.kd.float(), target),
-             "kd_text": kd_mse_loss(text.kd.float(), target)}
-    return image, text, scale, terms

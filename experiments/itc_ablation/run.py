@@ -35,12 +35,13 @@ from typing import List
 
 import torch
 
-from common.alignment import (AlignedChapterConfig, alignment_bench_case, alignment_losses,
-                              build_aligned_student, check_alignment)
 from common.bench import BenchCase
 from common.cli import main
 from common.config import parse_cli
-from common.experiment import markdown_table, prepare_distillation, train_multimodal
+from common.experiment import markdown_table
+from common.mm_d2v2 import (AlignedChapterConfig, alignment_bench_case, alignment_losses,
+                            build_aligned_student, check_alignment, prepare_distillation,
+                            train_multimodal)
 from common.sweep import Variant, expand, seed_count
 
 log = logging.getLogger("itc")

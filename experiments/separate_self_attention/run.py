@@ -31,12 +31,12 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
-from common.alignment import alignment_bench_case, alignment_losses, check_alignment
 from common.bench import BenchCase
 from common.cli import main
 from common.config import parse_cli
-from common.experiment import (MultimodalChapterConfig, markdown_table, prepare_distillation,
-                               run_meta, train_multimodal, write_rows)
+from common.experiment import markdown_table, run_meta, write_rows
+from common.mm_d2v2 import (MultimodalChapterConfig, alignment_bench_case, alignment_losses,
+                            alignment_rows, check_alignment, prepare_distillation, train_multimodal)
 from common.models.multimodal import MultimodalEncoder, build_multimodal
 from common.sweep import Variant, expand, seed_count
 
@@ -76,7 +76,7 @@ def run_variant(variant: Variant, cfg: SsaConfig, results_file: str) -> List[dic
     model.eval()  # the unimodal pair is evaluated as built: no alignment training at all
     encoders = nn.ModuleList([model.image, model.text])
     meta = run_meta(cfg, encoders, model_name=variant.model, teacher="none", steps=0, train_minutes=0.0)
-    rows = evals.alignment_rows(model, tokenizer, meta, retrieve="encoder")
+    rows = alignment_rows(evals, model, tokenizer, meta, retrieve="encoder")
     write_rows(cfg.chapter, results_file, rows)
     return rows
 

@@ -8,7 +8,7 @@ chapter asks the question directly: one student, one recipe, several teachers, a
 each teacher its *own* quality next to the student it produces.
 
 - student and recipe: the Sx3HRe student of chapter 4 (:class:`common.models.multimodal.MultimodalEncoder`)
-  trained by :func:`common.alignment.alignment_losses`: both CLS outputs regress the
+  trained by :func:`common.mm_d2v2.alignment_losses`: both CLS outputs regress the
   teacher's vector of the image (MSE) plus ITC on one projection of the shared CLS, so the
   embedding that retrieval uses is the one distillation shapes;
 - teachers (``variants``): full: BEiT v2, data2vec 2.0 image and DINO (ViT-B/16); tiny: the
@@ -36,12 +36,13 @@ from typing import List
 import torch
 from torch import nn
 
-from common.alignment import (AlignedChapterConfig, alignment_bench_case, alignment_losses,
-                              build_aligned_student, check_alignment)
 from common.bench import BenchCase
 from common.cli import main
 from common.config import parse_cli
-from common.experiment import NO_TEACHER, markdown_table, prepare_distillation, train_multimodal
+from common.experiment import markdown_table
+from common.mm_d2v2 import (NO_TEACHER, AlignedChapterConfig, alignment_bench_case, alignment_losses,
+                            build_aligned_student, check_alignment, prepare_distillation,
+                            train_multimodal)
 from common.knn import KnnConfig, KnnSets
 from common.models.multimodal import HeadConfig
 from common.models.teachers import teacher_embedding
