@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from common.data.datasets import RetrievalSet
+from common.data.transforms import to_model_input
 from common.data.tokenizer import Tokenizer
 from common.retrieval import knn_topk_accuracies, retrieval_recall
 from common.zero_shot import zero_shot_accuracy, zero_shot_classifier
@@ -36,7 +37,7 @@ def embed_images(encode_image: Callable[[Tensor], Tensor], dataset: Dataset, dev
     """(embeddings [N, D] float32 on CPU, labels [N] or -1) of every image of ``dataset``."""
     embs, labels = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        embs.append(encode_image(batch["image"].to(device)).float().cpu())
+        embs.append(encode_image(to_model_input(batch["image"].to(device))).float().cpu())
         labels.append(batch.get("label", torch.full((len(batch["image"]),), -1)))
     return torch.cat(embs), torch.cat(labels)
 

@@ -36,7 +36,7 @@ from common.checkpoint import rng_preserved
 from common.config import DataConfig, TeacherConfig, to_dict
 from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.synthetic import CLASSNAMES, GRAMMAR_VERSION, SyntheticWorld
-from common.data.transforms import eval_transform, train_transform
+from common.data.transforms import eval_transform, to_model_input, train_transform
 from common.distributed import single_process
 from common.errors import DataError
 from common.models.converters import CHECKPOINT_SUFFIXES, encoder_from_checkpoint, read_checkpoint
@@ -175,7 +175,7 @@ def classification_accuracy(model: nn.Module, dataset: ImageLabelSet, batch_size
     hits = {k: 0 for k in ks}
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     for batch in loader:
-        top = model(batch["image"]).topk(max(ks), dim=-1).indices  # B x K
+        top = model(to_model_input(batch["image"])).topk(max(ks), dim=-1).indices  # B x K
         match = top == batch["label"][:, None]
         for k in ks:
             hits[k] += int(match[:, :k].any(-1).sum())
