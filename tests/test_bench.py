@@ -59,3 +59,14 @@ def test_full_bench_on_cpu_stops_with_one_line(monkeypatch, caplog):
         bench.main(["--preset", "full"])
     assert exit_.value.code == 2
     assert "needs a CUDA GPU" in caplog.text and len(caplog.records) == 1
+
+
+def test_image_loader_bench_reports_both_paths_and_their_ratios():
+    threads = torch.get_num_threads()
+    out = bench.bench_image_loader(num_images=2, samples=4, rounds=1, image_size=16,
+                                   jpeg_size=(40, 30), batch_size=2)
+    assert out["pil_sample_kb"] == 4 * out["torchvision_uint8_sample_kb"]  # float32 vs uint8
+    for how in ("worker", "loader"):
+        pil, ours = out[f"{how}_pil_per_cpu_s"], out[f"{how}_torchvision_uint8_per_cpu_s"]
+        assert pil > 0 and ours > 0 and out[f"{how}_ratio"] == pytest.approx(ours / pil)
+    assert torch.get_num_threads() == threads  # measured on one thread, then restored
