@@ -228,14 +228,15 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def bench_image_loader(num_images: int = 8, samples: int = 256, rounds: int = 3,
+def bench_image_loader(num_images: int = 8, samples: int = 512, rounds: int = 2,
                        image_size: int = 224, jpeg_size: Tuple[int, int] = (640, 480),
                        batch_size: int = 32) -> Dict[str, float]:
     """Samples per CPU-second on one core of the real-image training loader, the PIL path it
     had against the current one (:class:`_LoaderPath`), on JPEGs written here: ``worker``,
     a worker's work per sample in this process on one thread; ``loader``, batches through a
     one-worker ``DataLoader``, counting the CPU time of both processes (so the float32 vs
-    uint8 traffic through the worker queue counts too). CPU time, with the paths interleaved
+    uint8 traffic through the worker queue counts too; so does a worker's start, once per
+    round, a few tens of ms over ``samples``). CPU time, with the paths interleaved
     over ``rounds``, so load on the machine scales both alike and the ratios survive it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -173,7 +173,7 @@ def load_image(path: Union[str, Path], draft: Optional[int] = None,
 
     Decoded by ``torchvision.io.decode_image`` (libjpeg-turbo/libpng straight into a tensor:
     the same pixels as PIL, without PIL's ``convert("RGB")`` and PIL->tensor copies; with
-    the uint8 transforms 1.4x the samples per core of the PIL path, ``make bench``); whatever
+    the uint8 transforms 1.3-1.5x the samples per core of the PIL path, ``make bench``); whatever
     it refuses (BMP, TIFF, 16-bit PNG, or damage) goes to PIL, which decodes the other
     formats and names the damage in the same words as always.
 
