@@ -5,6 +5,10 @@
   matmul + top-10 ranking of the same embeddings;
 - ITC with a 16,384-entry memory bank per modality (the ITC chapter's full setting):
   forward + backward ms per step at batch 256, dim 768, and the ratio to plain ITC;
+- real-image loader: samples per CPU-second on one core of the ``full`` presets' image path
+  (decode a COCO-sized 640x480 JPEG + the 224-px train transform) as it was (PIL decode,
+  ``convert("RGB")``, float32 normalised in the worker) and as it is (``torchvision.io``
+  decode, uint8 out, normalised on the device), and their ratio, on JPEGs it writes;
 - training, ``--preset tiny`` (CPU): steps/s, samples/s and peak memory of the SHRe
   chapter's tiny training step;
 - training, ``--preset full`` (needs a CUDA GPU): for every chapter whose ``run.py`` defines
@@ -28,13 +32,18 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.chapters import chapter, chapters
@@ -192,6 +201,94 @@ def bench_itc_bank(device: str, batch: int = 256, dim: int = 768, bank_size: int
             "bank_vs_plain": timing["ratio"], "peak_rss_mb": _peak_rss_mb()}
 
 
+def _coco_like_jpeg(path: Path, seed: int, size: Tuple[int, int] = (640, 480)) -> None:
+    """A photo-like JPEG: smooth gradients and waves plus grain, at COCO's typical size and
+    quality, so that its bytes (~100 KB) and entropy-decoding cost resemble a COCO image's."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 6.3, 3)
+    waves = np.stack([np.sin(xx / (9 + 4 * c) + phase[c]) * np.cos(yy / (7 + 3 * c)) for c in range(3)], -1)
+    pixels = 128 + 60 * waves + 40 * (xx / width)[..., None] + rng.normal(0, 12, (height, width, 3))
+    PIL.Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+class _LoaderPath(Dataset):
+    """Training samples from ``files`` as one of the two image paths :func:`bench_image_loader`
+    compares: ``"pil"``, the loader as it was (PIL decode, ``convert("RGB")`` twice, the train
+    transform, float32 normalised per image), or ``"torchvision_uint8"``, as it is
+    (:func:`~common.data.transforms.load_image`'s torchvision decode, the train transform,
+    uint8 out; normalising is the device's, once per batch)."""
+
+    def __init__(self, path: str, files: Sequence[Path], samples: int, image_size: int) -> None:
+        from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
+
+        self.path, self.files, self.samples = path, list(files), samples
+        self.transform = train_transform(image_size)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, k: int) -> Tensor:
+        from common.data.transforms import load_image, to_uint8_chw
+
+        file = self.files[k % len(self.files)]
+        if self.path == "torchvision_uint8":
+            return self.transform(load_image(file))
+        with PIL.Image.open(file) as image:
+            rgb = image.convert("RGB")
+        return self.transform(to_uint8_chw(rgb)).float().sub_(self.mean).div_(self.std)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def bench_image_loader(num_images: int = 8, samples: int = 512, rounds: int = 2,
+                       image_size: int = 224, jpeg_size: Tuple[int, int] = (640, 480),
+                       batch_size: int = 32) -> Dict[str, float]:
+    """Samples per CPU-second on one core of the real-image training loader, the PIL path it
+    had against the current one (:class:`_LoaderPath`), on JPEGs written here: ``worker``,
+    a worker's work per sample in this process on one thread; ``loader``, batches through a
+    one-worker ``DataLoader``, counting the CPU time of both processes (so the float32 vs
+    uint8 traffic through the worker queue counts too; so does a worker's start, once per
+    round, a few tens of ms over ``samples``). CPU time, with the paths interleaved
+    over ``rounds``, so load on the machine scales both alike and the ratios survive it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    names = ("pil", "torchvision_uint8")
+    seconds = {(how, name): 0.0 for how in ("worker", "loader") for name in names}
+    with tempfile.TemporaryDirectory() as folder:
+        files = [Path(folder) / f"{i:012d}.jpg" for i in range(num_images)]
+        for i, path in enumerate(files):
+            _coco_like_jpeg(path, i, jpeg_size)
+        jpeg_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
+        data = {name: _LoaderPath(name, files, samples, image_size) for name in names}
+        sample_kb = {name: data[name][0].nbytes / 1024 for name in names}  # also the warm-up
+        for _ in range(rounds):
+            for name in names:
+                t0 = time.process_time()
+                for k in range(samples):
+                    data[name][k]
+                seconds["worker", name] += time.process_time() - t0
+                t0 = _cpu_seconds()
+                for _ in DataLoader(data[name], batch_size=batch_size, num_workers=1):
+                    pass
+                seconds["loader", name] += _cpu_seconds() - t0  # the worker has exited: counted
+    torch.set_num_threads(threads)
+    out: Dict[str, float] = {"jpeg_kb": jpeg_kb, "image_size": image_size,
+                             **{f"{name}_sample_kb": sample_kb[name] for name in names}}
+    for how in ("worker", "loader"):
+        rate = {name: rounds * samples / seconds[how, name] for name in names}
+        out.update({f"{how}_{name}_per_cpu_s": rate[name] for name in names})
+        out[f"{how}_ratio"] = rate["torchvision_uint8"] / rate["pil"]
+    return out
+
+
 def bench_train_tiny(steps: int, device: str) -> Dict[str, float]:
     """SHRe tiny training steps on synthetic inputs (random-init tiny CNN teacher: the step
     costs the same, and nothing is bootstrapped)."""
@@ -248,16 +345,28 @@ def _log_chapter(r: Dict[str, float]) -> None:
              r["flops_per_step"] / 1e12, util)
 
 
+def _log_loader(r: Dict[str, float]) -> None:
+    log.info("real-image loader, %.0f-KB 640x480 JPEGs -> %d-px train crops, samples per "
+             "CPU-second on one core: PIL decode + float32 in the worker (%.0f KB a sample) "
+             "%.0f (worker) / %.0f (through a DataLoader worker); torchvision.io + uint8 "
+             "(%.0f KB) %.0f / %.0f: %.2fx / %.2fx", r["jpeg_kb"], r["image_size"],
+             r["pil_sample_kb"], r["worker_pil_per_cpu_s"], r["loader_pil_per_cpu_s"],
+             r["torchvision_uint8_sample_kb"], r["worker_torchvision_uint8_per_cpu_s"],
+             r["loader_torchvision_uint8_per_cpu_s"], r["worker_ratio"], r["loader_ratio"])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "full"])
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
-    parser.add_argument("--only", choices=["retrieval", "itc", "train", "chapter"], help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["retrieval", "itc", "loader", "train", "chapter"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--chapter", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.only:  # child process: one benchmark, one JSON line
         result = {"retrieval": bench_retrieval, "itc": lambda: bench_itc_bank(device),
+                  "loader": bench_image_loader,
                   "train": lambda: bench_train_tiny(args.steps, device),
                   "chapter": lambda: bench_chapter(args.chapter, args.steps)}[args.only]()
         print(json.dumps(result))
@@ -278,6 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     log.info("ITC batch 256 + 16,384-entry banks, dim 768: %.1f ms/step (fwd+bwd+enqueue), "
              "%.1fx plain ITC (%.1f ms), peak RSS %.0f MB", r["itc_bank_ms"], r["bank_vs_plain"],
              r["itc_plain_ms"], r["peak_rss_mb"])
+    _log_loader(_run_child(["--only", "loader"]))
     if args.preset == "full":
         for name in benchable_chapters():
             _log_chapter(_run_child(["--only", "chapter", "--chapter", name, "--steps", str(args.steps)]))

@@ -5,16 +5,24 @@ the ``eval/`` CLIs call them on saved checkpoints, so every number in every CSV 
 the same code. A model only needs two methods (:class:`ImageTextModel`): ``encode_image``
 and ``encode_text``, each returning one embedding per input (normalisation happens in the
 metric functions of :mod:`common.retrieval` and :mod:`common.zero_shot`).
+
+Images come out of the loaders as uint8 and become model inputs on the model's device
+(:func:`common.data.transforms.to_model_input`). With workers, each evaluation set keeps one
+loader whose workers persist (:func:`eval_loader`): an evaluation every ``eval_every`` steps
+then pays the worker start-up (a fork and a dataset copy per worker) once per run, not once
+per set and evaluation.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Protocol, Sequence
+import weakref
+from typing import Any, Callable, Dict, Protocol, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from common.data.datasets import RetrievalSet
+from common.data.transforms import to_model_input
 from common.data.tokenizer import Tokenizer
 from common.retrieval import knn_topk_accuracies, retrieval_recall
 from common.zero_shot import zero_shot_accuracy, zero_shot_classifier
@@ -30,13 +38,55 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+class _Borrowed(Dataset):
+    """``dataset`` through a weak reference, so that the loader cached for it in
+    :data:`_LOADERS` does not keep it (and the loader's workers) alive; forked workers see
+    the parent's object, a spawned one gets a pickled copy of the dataset itself."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self._ref = weakref.ref(dataset)
+
+    def __len__(self) -> int:
+        return len(self._ref())  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        return self._ref()[index]  # type: ignore[index]
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"dataset": self._ref()}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._strong = state["dataset"]
+        self._ref = weakref.ref(self._strong)
+
+
+# dataset -> {(batch_size, num_workers): its persistent loader}; an entry goes with its dataset
+_LOADERS: "weakref.WeakKeyDictionary[Dataset, Dict[Tuple[int, int], DataLoader]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Batches of ``dataset`` in order. With ``num_workers > 0`` the same loader, with
+    ``persistent_workers``, every time it is asked for the same dataset and sizes, so repeated
+    evaluations reuse its workers (evaluation transforms are deterministic: nothing a worker
+    holds changes the batches)."""
+    if num_workers == 0:
+        return DataLoader(dataset, batch_size=batch_size)
+    loaders = _LOADERS.setdefault(dataset, {})
+    key = (batch_size, num_workers)
+    if key not in loaders:
+        loaders[key] = DataLoader(_Borrowed(dataset), batch_size=batch_size,
+                                  num_workers=num_workers, persistent_workers=True)
+    return loaders[key]
+
+
 @torch.no_grad()
 def embed_images(encode_image: Callable[[Tensor], Tensor], dataset: Dataset, device: torch.device,
                  batch_size: int = 256, num_workers: int = 0) -> tuple[Tensor, Tensor]:
     """(embeddings [N, D] float32 on CPU, labels [N] or -1) of every image of ``dataset``."""
     embs, labels = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        embs.append(encode_image(batch["image"].to(device)).float().cpu())
+    for batch in eval_loader(dataset, batch_size, num_workers):
+        embs.append(encode_image(to_model_input(batch["image"].to(device))).float().cpu())
         labels.append(batch.get("label", torch.full((len(batch["image"]),), -1)))
     return torch.cat(embs), torch.cat(labels)
 

@@ -37,7 +37,7 @@ from common.config import ConfigError, TrainConfig
 from common.data.datasets import DataSource, ImageLabelSet, TrainStream
 from common.data.glue import GlueExample, GlueTask, dev_name, encode_examples, glue_metrics
 from common.data.tokenizer import Tokenizer
-from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, to_model_input
 from common.models.encoder import Encoder
 from common.retrieval import percent_hits
 from common.train import fit
@@ -189,7 +189,9 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) ->
 
 # ---------------------------------------------------------------------------- image data
 class AugmentedImages(Dataset):
-    """``{"image", "label"}`` through a timm (PIL) train transform.
+    """``{"image", "label"}`` through a timm (PIL) train transform: float images, already
+    normalised (``to_model_input`` passes them through); the sources' uint8 tensors and arrays
+    become PIL images for it.
 
     timm's crops, RandAugment and erasing draw from Python's ``random`` and numpy's global
     generator; both are seeded here from the torch generator, which :class:`TrainStream`
@@ -239,7 +241,7 @@ def evaluate_image_classifier(model: nn.Module, dataset: Dataset, batch_size: in
     device = next(model.parameters()).device
     logits, labels = [], []
     for batch in DataLoader(dataset, batch_size=batch_size):
-        logits.append(model(batch["image"].to(device)).float().cpu())
+        logits.append(model(to_model_input(batch["image"].to(device))).float().cpu())
         labels.append(batch["label"])
     acc = topk_accuracy(torch.cat(logits), torch.cat(labels), (1, 5))
     return {"ft_top1": acc["top1"], "ft_top5": acc["top5"]}

@@ -9,7 +9,9 @@ ZeRO-2 when CUDA is there, AdamW + warmup/cosine, gradient clipping, tqdm progre
 Data: ``train_data[k]`` is the k-th sample of an endless deterministic stream, so step
 ``s`` always trains on items ``[s*B, (s+1)*B)`` (``B`` = ``train.batch_size``, the global
 batch; under N processes each takes a contiguous B/N slice). Resuming at step ``s`` starts
-the sampler there: the same batches, nothing to skip. With the RNG states restored from
+the sampler there: the same batches, nothing to skip. Images arrive as uint8 (a quarter of
+the bytes through the worker queues) and are normalised on the device before ``step_fn``
+sees them (:func:`common.data.transforms.to_model_input`). With the RNG states restored from
 the checkpoint, a resumed CPU run ends with bit-identical weights (dropout included).
 
 Outputs in ``out_dir``: ``metrics.jsonl`` (one JSON object per logged step: ``step``, each
@@ -43,6 +45,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from common.checkpoint import (list_checkpoints, load_checkpoint, load_weights, resolve_resume,
                                rng_state, save_checkpoint, set_rng_state, unwrap)
 from common.config import ConfigError, TrainConfig
+from common.data.transforms import IMAGE_KEYS, to_model_input
 from common.errors import TrainingDiverged, UserError
 from common.optim import build_optimizer, build_scheduler, lr_factor
 from common.paths import REPO_ROOT
@@ -173,7 +176,7 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
     with logging_redirect_tqdm(), bar:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
-            batch = send_to_device(next(batches), device)
+            batch = _model_inputs(send_to_device(next(batches), device))
             with amp():
                 out = step_fn(model, batch)
             terms = _scalar_terms(out, accelerator)  # one host sync per step, averaged over ranks
@@ -224,6 +227,15 @@ def fit(model: nn.Module, step_fn: StepFn, train_data: Dataset, cfg: TrainConfig
 
 
 # ----------------------------------------------------------------------------- helpers
+def _model_inputs(batch: Any) -> Any:
+    """The batch with its uint8 images (:data:`IMAGE_KEYS`) normalised on the device
+    (:func:`to_model_input`); other batches as they are."""
+    if not isinstance(batch, Mapping):
+        return batch
+    return {k: to_model_input(v) if k in IMAGE_KEYS and isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
 def _every(step: int, period: int, last: int) -> bool:
     """Log/eval/checkpoint schedule: every ``period`` steps (never if period <= 0) and at the end."""
     return (period > 0 and step % period == 0) or step == last

@@ -73,3 +73,14 @@ def test_retrieval_and_bank_benches_report_ratios_to_their_baselines():
 def test_tiny_training_bench_builds_the_shre_step():
     out = bench.bench_train_tiny(steps=1, device="cpu")
     assert out["preset"] == "tiny" and out["batch"] > 0 and out["steps_per_s"] > 0
+
+
+def test_image_loader_bench_reports_both_paths_and_their_ratios():
+    threads = torch.get_num_threads()
+    out = bench.bench_image_loader(num_images=2, samples=4, rounds=1, image_size=16,
+                                   jpeg_size=(40, 30), batch_size=2)
+    assert out["pil_sample_kb"] == 4 * out["torchvision_uint8_sample_kb"]  # float32 vs uint8
+    for how in ("worker", "loader"):
+        pil, ours = out[f"{how}_pil_per_cpu_s"], out[f"{how}_torchvision_uint8_per_cpu_s"]
+        assert pil > 0 and ours > 0 and out[f"{how}_ratio"] == pytest.approx(ours / pil)
+    assert torch.get_num_threads() == threads  # measured on one thread, then restored

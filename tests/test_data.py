@@ -17,7 +17,8 @@ from common.data.datasets import (ImageLabelSet, ImageTextPairs, RetrievalSet, T
 from common.data.synthetic import SyntheticWorld, mirror_caption
 from common.data.tokenizer import build_tokenizer
 from common.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageTransform, _resize,
-                                    eval_transform, load_image, random_crop_box, train_transform)
+                                    eval_transform, load_image, random_crop_box, to_model_input,
+                                    train_transform)
 from common.errors import DataError
 
 
@@ -123,9 +124,11 @@ def test_transform_shapes_and_normalisation():
     image = np.full((40, 40, 3), np.array(IMAGENET_MEAN) * 255, dtype=np.uint8)
     for transform in (train_transform(32), eval_transform(32)):
         out = transform(image)
-        assert out.shape == (3, 32, 32) and out.dtype == torch.float32
-        assert out.abs().max() < 0.02  # the mean colour normalises to ~0
-    white = eval_transform(16)(np.full((16, 16, 3), 255, dtype=np.uint8))
+        assert out.shape == (3, 32, 32) and out.dtype == torch.uint8  # normalised on the device
+        model_input = to_model_input(out[None])
+        assert model_input.dtype == torch.float32 and model_input.abs().max() < 0.02  # mean -> ~0
+        assert to_model_input(model_input) is model_input  # float batches pass through
+    white = to_model_input(eval_transform(16)(np.full((16, 16, 3), 255, dtype=np.uint8)))
     expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert torch.allclose(white[:, 0, 0], expected, atol=1e-5)
 
@@ -135,7 +138,7 @@ def test_eval_transform_matches_torchvision_v2():
     reference = v2.Compose([v2.ToImage(), v2.Resize((32, 32), antialias=True),
                             v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    assert torch.allclose(eval_transform(32)(image), reference(image), atol=1e-5)
+    assert torch.allclose(to_model_input(eval_transform(32)(image)), reference(image), atol=1e-5)
     x = torch.from_numpy(image).permute(2, 0, 1)
     assert torch.equal(_resize(x[:, 3:30, 5:40], [32, 32]),
                        F.resized_crop(x, 3, 5, 27, 35, [32, 32], antialias=True))
@@ -170,16 +173,71 @@ def test_flip_is_reported_and_applied():
 def test_load_image_good_corrupt_truncated_and_missing(tmp_path):
     good = tmp_path / "good.jpg"
     PIL.Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(good)
-    assert load_image(good).mode == "RGB"
+    assert load_image(good).shape == (3, 8, 8) and load_image(good).dtype == torch.uint8
+    (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "corrupt.jpg").write_bytes(b"this is not a jpeg")
     buffer = io.BytesIO()
     PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
                         ).save(buffer, format="JPEG")
     (tmp_path / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
-    for name in ("corrupt.jpg", "truncated.jpg", "missing.jpg"):
+    for name in ("corrupt.jpg", "truncated.jpg", "missing.jpg", "empty.jpg"):
         with pytest.raises(DataError, match=name) as err:
             load_image(tmp_path / name)
         assert "\n" not in str(err.value)
+
+
+def _pil_pixels(path):
+    """What load_image gave before torchvision decoded: PIL, convert("RGB"), to a tensor."""
+    with PIL.Image.open(path) as image:
+        return F.pil_to_tensor(image.convert("RGB"))
+
+
+def test_load_image_decodes_the_pixels_pil_does_and_pil_takes_the_formats_torchvision_lacks(tmp_path):
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    images = {"444.jpg": (PIL.Image.fromarray(rgb), {"subsampling": 0}),
+              "420.jpg": (PIL.Image.fromarray(rgb), {"subsampling": 2}),
+              "grey.jpg": (PIL.Image.fromarray(rgb[..., 0]), {}),
+              "cmyk.jpg": (PIL.Image.fromarray(rgb).convert("CMYK"), {}),
+              "rgba.png": (PIL.Image.fromarray(rgb).convert("RGBA"), {}),
+              "palette.png": (PIL.Image.fromarray(rgb).convert("P"), {}),
+              "plain.bmp": (PIL.Image.fromarray(rgb), {}),  # torchvision has no BMP decoder
+              "deep.png": (PIL.Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), {})}  # 16 bit
+    for name, (image, options) in images.items():
+        image.save(tmp_path / name, **options)
+        out = load_image(tmp_path / name)
+        assert out.dtype == torch.uint8 and out.shape == (3, 30, 40), name
+        assert torch.equal(out, _pil_pixels(tmp_path / name)), name
+    blob = tmp_path / "blob.bin"  # an image inside a bigger file, as in a tar shard
+    jpeg = (tmp_path / "420.jpg").read_bytes()
+    blob.write_bytes(b"x" * 100 + jpeg + b"y" * 50)
+    assert torch.equal(load_image(blob, span=(100, len(jpeg))), load_image(tmp_path / "420.jpg"))
+    assert load_image(tmp_path / "420.jpg", draft=8).shape[1:] == (15, 20)  # PIL: scale 1/2
+
+
+def test_uint8_path_gives_the_model_inputs_the_float_path_gave(tmp_path):
+    """Decode with torchvision, transform in uint8, normalise the batch (the new path) against
+    PIL decode and per-image normalisation (the path before): equal, not merely close, since
+    both resize in uint8 with the same kernel. Against resizing in float instead, antialiased
+    bilinear differs by rounding to uint8: <= 0.0175 (one uint8 level over std) here."""
+    yy, xx = np.mgrid[0:120, 0:160]
+    noise = np.random.default_rng(3).normal(0, 20, (120, 160, 3))
+    pixels = np.stack([xx * 1.6, yy * 2.1, 128 + 100 * np.sin(xx / 7) * np.cos(yy / 5)], -1)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.jpg")
+        PIL.Image.fromarray(np.clip(pixels + noise * i, 0, 255).astype(np.uint8)).save(files[-1])
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for transform in (train_transform(48, (0.3, 1.0)), eval_transform(48)):
+        torch.manual_seed(0)
+        old = torch.stack([transform(_pil_pixels(f)).float().sub_(mean * 255).div_(std * 255)
+                           for f in files])
+        torch.manual_seed(0)
+        new = to_model_input(torch.stack([transform(load_image(f)) for f in files]))
+        assert torch.equal(new, old)
+    in_float = torch.stack([(F.resize(_pil_pixels(f).float() / 255, [48, 48], antialias=True)
+                             - mean) / std for f in files])
+    assert (new - in_float).abs().max() <= 0.0175
 
 
 # ---------------------------------------------------------------------------- datasets

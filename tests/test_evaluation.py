@@ -1,9 +1,14 @@
 """common.evaluation: metric keys and values on a model whose embeddings are known."""
+import gc
+import os
+
 import pytest
 import torch
 from torch.utils.data import Dataset
 
-from common.evaluation import embed_images, embed_texts, knn_metrics
+from common import evaluation
+from common.data.transforms import to_model_input
+from common.evaluation import embed_images, embed_texts, eval_loader, knn_metrics
 
 
 class Points(Dataset):
@@ -76,3 +81,33 @@ def test_embed_texts_length_sorted_batches_equal_padding_to_max_len(alibi, learn
         unmasked = embed_texts(lambda i, p: encode(i, torch.zeros_like(p)), texts, tokenizer,
                                max_len, torch.device("cpu"), 5)
     assert (unmasked - expected).abs().max() > 1e-3
+
+
+class Pids(Dataset):
+    """Items that say which process made them."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"image": torch.zeros(3, 2, 2, dtype=torch.uint8), "pid": os.getpid()}
+
+
+def test_eval_loader_keeps_its_workers_across_evaluations_and_goes_with_its_dataset():
+    data = Pids()
+    loader = eval_loader(data, 2, num_workers=1)
+    assert eval_loader(data, 2, num_workers=1) is loader and eval_loader(data, 4, 1) is not loader
+    first = {int(p) for batch in loader for p in batch["pid"]}
+    again = {int(p) for batch in eval_loader(data, 2, num_workers=1) for p in batch["pid"]}
+    assert first == again and os.getpid() not in first  # the same worker, not a new one
+    assert eval_loader(data, 2).persistent_workers is False  # no workers: a plain loader
+    del data, loader
+    gc.collect()
+    assert len(evaluation._LOADERS) == 0
+
+
+def test_embed_images_normalises_uint8_images_on_the_device():
+    data = Pids()
+    emb, _ = embed_images(lambda x: x.flatten(1), data, torch.device("cpu"), batch_size=3)
+    zero = to_model_input(torch.zeros(1, 3, 2, 2, dtype=torch.uint8)).flatten(1)
+    assert emb.dtype == torch.float32 and torch.equal(emb, zero.expand(4, -1))

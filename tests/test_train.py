@@ -176,3 +176,33 @@ def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path, caplog):
     assert result.step == 20 and "torn" in caplog.text
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, 21))
+
+
+class Uint8Images(Dataset):
+    """Items as the image datasets give them: uint8 ``image`` [3, 4, 4], two-view ``views``."""
+
+    def __len__(self) -> int:
+        return 10**9
+
+    def __getitem__(self, k: int):
+        g = torch.Generator().manual_seed(k)
+        image = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=g)
+        return {"image": image, "views": torch.stack([image, image.flip(-1)]), "label": k}
+
+
+def test_uint8_images_reach_step_fn_normalised_and_other_entries_untouched(tmp_path):
+    from common.data.transforms import to_model_input
+
+    seen = []
+
+    def step(model, batch):
+        seen.append(batch)
+        return {"loss": model(batch["image"].flatten(1)).mean()}
+
+    data = Uint8Images()
+    fit(nn.Linear(48, 1), step, data, cfg(steps=2, eval_every=0, ckpt_every=0), tmp_path / "run")
+    images = torch.stack([data[k]["image"] for k in range(8)])
+    assert seen[0]["image"].dtype == torch.float32
+    assert torch.equal(seen[0]["image"], to_model_input(images))
+    assert torch.equal(seen[0]["views"], to_model_input(torch.stack([data[k]["views"] for k in range(8)])))
+    assert seen[0]["label"].tolist() == list(range(8))

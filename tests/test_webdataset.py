@@ -35,7 +35,7 @@ def test_existing_shards_are_indexed_in_place_and_read_by_offset(tmp_path):
     source = IndexedImages(tmp_path / "data" / "cc3m", "train", name="cc3m")
     assert len(source) == 7 and source.captions(4) == ["web caption 4"]
     assert source.path(4) == shards[1] and source.span(4) is not None  # absolute: not copied
-    np.testing.assert_array_equal(np.asarray(source.image(4)), _jpeg_pixels(shards[1], "000010001"))
+    np.testing.assert_array_equal(source.image(4).permute(1, 2, 0).numpy(), _jpeg_pixels(shards[1], "000010001"))
     again = index_cc3m_shards(tmp_path / "data", tmp_path / "wds")  # finished: found, not redone
     assert again == manifest
 
@@ -78,7 +78,7 @@ def test_img2dataset_keeps_the_same_first_available_images_as_the_built_in_downl
     theirs = IndexedImages(tmp_path / "urllib" / "cc3m", "train", name="cc3m")
     assert [ours.captions(i) for i in range(3)] == [theirs.captions(i) for i in range(3)] == [
         ["cc3m caption 0"], ["cc3m caption 2"], ["cc3m caption 4"]]
-    assert ours.image(0).size == (300, 200)  # smaller than 256: never enlarged
+    assert ours.image(0).shape == (3, 200, 300)  # smaller than 256: never enlarged
     split = manifest["splits"]["train"]
     assert split["count"] == builtin["splits"]["train"]["count"] == 3
     assert split["unavailable"] >= 1 and split["failed_to_resize"] >= 1  # the dead link, the html

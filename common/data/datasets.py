@@ -24,7 +24,7 @@ from torch.utils.data import default_collate
 
 from common.data.synthetic import mirror_caption
 from common.data.tokenizer import Tokenizer
-from common.data.transforms import ImageLike, ImageTransform
+from common.data.transforms import ImageLike, ImageTransform, to_model_input
 from common.errors import DataError
 
 
@@ -127,10 +127,10 @@ class RetrievalSet(Dataset):
         return {"image": self.transform(self.source.image(index)), "image_id": index}
 
     def image_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """Images in index order, as float [b, 3, H, W] batches."""
+        """Images in index order, as model inputs: float [b, 3, H, W] batches."""
         for start in range(0, len(self), batch_size):
             stop = min(start + batch_size, len(self))
-            yield torch.stack([self[i]["image"] for i in range(start, stop)])
+            yield to_model_input(torch.stack([self[i]["image"] for i in range(start, stop)]))
 
     def text_batches(self, tokenizer: Tokenizer, max_len: int,
                      batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import PIL.Image
+import torch
 
 from common.data.manifest import write_atomic
 from common.data.transforms import load_image
@@ -112,7 +112,7 @@ class IndexedImages:
         """(offset, size) of item ``index`` inside its tar shard; None for a plain image file."""
         return None if self.spans is None else (int(self.spans[index, 0]), int(self.spans[index, 1]))
 
-    def image(self, index: int) -> PIL.Image.Image:
+    def image(self, index: int) -> torch.Tensor:
         return load_image(self.path(index), span=self.span(index))
 
     def check_images(self, count: Optional[int] = None, threads: int = 8) -> None:

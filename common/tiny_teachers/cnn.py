@@ -13,7 +13,7 @@ from torch import nn
 from common.config import DataConfig, TeacherConfig
 from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.synthetic import CLASSNAMES, SyntheticWorld
-from common.data.transforms import eval_transform, train_transform
+from common.data.transforms import eval_transform, to_model_input, train_transform
 from common.train import fit
 
 
@@ -32,7 +32,7 @@ def classification_accuracy(model: nn.Module, dataset: ImageLabelSet, batch_size
     hits = {k: 0 for k in ks}
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     for batch in loader:
-        top = model(batch["image"]).topk(max(ks), dim=-1).indices  # B x K
+        top = model(to_model_input(batch["image"])).topk(max(ks), dim=-1).indices  # B x K
         match = top == batch["label"][:, None]
         for k in ks:
             hits[k] += int(match[:, :k].any(-1).sum())

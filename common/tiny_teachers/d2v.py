@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from common.config import ConfigError, DataConfig, TeacherConfig
 from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.synthetic import CLASSNAMES, COARSE_CLASSNAMES, SyntheticWorld
-from common.data.transforms import eval_transform, train_transform
+from common.data.transforms import eval_transform, to_model_input, train_transform
 from common.losses import kd_mse_loss
 from common.models.ema import ema_update
 from common.models.encoder import Encoder, build_image_encoder
@@ -279,7 +279,7 @@ def _render(world: SyntheticWorld, split: str, image_size: int) -> Tuple[Tensor,
     fine = world.source(split)
     coarse = world.source(split, label="coarse")
     transform = eval_transform(image_size)
-    images = torch.stack([transform(fine.image(i)) for i in range(len(fine))])
+    images = to_model_input(torch.stack([transform(fine.image(i)) for i in range(len(fine))]))
     return (images, torch.tensor([fine.label(i) for i in range(len(fine))]),
             torch.tensor([coarse.label(i) for i in range(len(coarse))]))
 
