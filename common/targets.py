@@ -6,15 +6,16 @@ in speech, vision and language", 2022, sec. 3.3; thesis draft 003, eq. (1)-(5)):
 layer is instance-normalised over time, the layers are averaged, and the average is
 layer-normalised without parameters. Averaging over layers makes the target independent of
 depth, which is why a 6-block student can regress a 12-block teacher; the student's own
-layer outputs go through the same function. Chapter 3 regresses only the teacher's final
-CLS token (:func:`cls_target`).
+layer outputs go through the same function. Chapters 3-5 regress one vector per image, the
+teacher's CLS (:func:`common.models.teachers.teacher_embedding`), optionally standardised over
+the batch (:func:`batch_standardized`).
 
-Neither function detaches: call them on the teacher under ``torch.no_grad()`` and on the
+No function here detaches: call them on the teacher under ``torch.no_grad()`` and on the
 student with gradients.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,16 +72,6 @@ def layer_averaged_targets(layers: Sequence[Tensor], instance_norm: bool = True,
         total = h if total is None else total + h
     mean = total / len(layers)  # B x T x D
     return F.layer_norm(mean, mean.shape[-1:]) if layer_norm else mean
-
-
-def cls_target(hidden: Union[Tensor, Sequence[Tensor]]) -> Tensor:
-    """The final layer's CLS state ``[B, D]`` (chapter 3: both student CLS tokens regress it).
-
-    Accepts the final hidden state ``[B, T, D]`` or the list of all layers (the last is used),
-    so a teacher's ``output_hidden_states`` can be passed unchanged.
-    """
-    last = hidden if isinstance(hidden, Tensor) else hidden[-1]
-    return last[:, 0]  # B x D
 
 
 def batch_standardized(x: Tensor, eps: float = 1e-5) -> Tensor:

@@ -5,8 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.targets import (batch_standardized, cls_target, instance_norm_over_time,
-                            layer_averaged_targets)
+from common.targets import batch_standardized, instance_norm_over_time, layer_averaged_targets
 
 EPS = 1e-5
 
@@ -97,12 +96,6 @@ def test_rejects_empty_and_mismatched_layers():
         layer_averaged_targets([])
     with pytest.raises(ValueError):
         layer_averaged_targets([torch.zeros(1, 3, 2), torch.zeros(1, 4, 2)])
-
-
-def test_cls_target_takes_the_final_layer_first_step():
-    layers = [torch.randn(2, 5, 3) for _ in range(3)]
-    assert torch.equal(cls_target(layers), layers[-1][:, 0])
-    assert torch.equal(cls_target(layers[0]), layers[0][:, 0])
 
 
 def test_batch_standardized_by_hand():
