@@ -10,26 +10,18 @@ Typical use in a chapter (tiny preset)::
         cfg.train.batch_size, collate_image_text(tok, cfg.data.max_text_len), start_step=step)
     coco = RetrievalSet(world.source("coco_test"), eval_transform(cfg.data.image_size))
 
-Names are imported lazily (PEP 562) so that ``python -m common.data.synthetic`` does not
-import its own module twice.
+The modules import each other in one direction only: ``synthetic`` (the world) <-
+``tokenizer`` (its BPE is trained on the world's captions) <- ``datasets``; the world's
+picture and timing CLI is :mod:`common.data.show_synthetic`.
 """
-import importlib
-from typing import Any
+from common.data.datasets import (DataSource, ImageLabelSet, ImageTextPairs, RetrievalSet,
+                                  TrainStream, collate_image_text)
+from common.data.synthetic import (CLASSNAMES, COARSE_CLASSNAMES, TEMPLATES, Scene,
+                                   SyntheticSource, SyntheticWorld, mirror_caption, render)
+from common.data.tokenizer import Tokenizer, build_tokenizer
+from common.data.transforms import ImageTransform, eval_transform, load_image, train_transform
 
-_EXPORTS = {
-    "common.data.datasets": ("DataSource", "ImageLabelSet", "ImageTextPairs", "RetrievalSet",
-                             "TrainStream", "collate_image_text"),
-    "common.data.synthetic": ("CLASSNAMES", "COARSE_CLASSNAMES", "TEMPLATES", "Scene",
-                              "SyntheticSource", "SyntheticWorld", "mirror_caption", "render"),
-    "common.data.tokenizer": ("Tokenizer", "build_tokenizer"),
-    "common.data.transforms": ("ImageTransform", "eval_transform", "load_image",
-                               "train_transform"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'common.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+__all__ = ["CLASSNAMES", "COARSE_CLASSNAMES", "DataSource", "ImageLabelSet", "ImageTextPairs",
+           "ImageTransform", "RetrievalSet", "Scene", "SyntheticSource", "SyntheticWorld",
+           "TEMPLATES", "Tokenizer", "TrainStream", "build_tokenizer", "collate_image_text",
+           "eval_transform", "load_image", "mirror_caption", "render", "train_transform"]

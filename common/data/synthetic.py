@@ -64,22 +64,19 @@ t2i R@1/5/10 of about 2/10/20 on ``coco_test`` (50 images per class) and 10/50/1
 ``flickr_test`` (10 per class): the retrieval numbers above those levels measure whole-scene
 understanding.
 
-Throughput: ``python -m common.data.synthetic --bench`` (rendered + transformed samples/s);
-a picture of samples with their captions: ``python -m common.data.synthetic --show FILE``.
+Throughput: ``python -m common.data.show_synthetic --bench`` (rendered + transformed samples/s);
+a picture of samples with their captions: ``python -m common.data.show_synthetic --show FILE``.
 """
 from __future__ import annotations
 
-import argparse
 import collections.abc
 import functools
 import logging
 import math
 import random
 import re
-import time
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -646,90 +643,3 @@ class SyntheticSource:
     def label(self, index: int) -> int:
         scene = self.scene(index)
         return scene.label if self.label_kind == "fine" else scene.coarse_label
-
-
-# ---------------------------------------------------------------------------- CLI
-def benchmark(num: int = 2000, image_size: int = 32, render_size: int = 0) -> dict:
-    """Samples per CPU-second (process time, so other jobs on the machine do not distort it;
-    set torch to 1 thread for "one core"): rendering alone, rendering + train transform, and
-    full training pairs (scene + render + caption + transform through :class:`TrainStream`)."""
-    import torch
-
-    # imported here: common.data.datasets imports this module
-    from common.data.datasets import ImageTextPairs, TrainStream
-    from common.data.transforms import train_transform
-
-    world = SyntheticWorld(render_size=render_size or image_size)
-    source = world.source("train")
-    transform = train_transform(image_size)
-    stream = TrainStream(ImageTextPairs(source, transform), seed=0)
-    scenes = [world.scene("train", i) for i in range(num)]
-    out = {}
-    size = source.render_size
-    for name, fn in (("render", lambda i: render(scenes[i], size)),
-                     ("render+transform", lambda i: transform(render(scenes[i], size))),
-                     ("pairs", lambda i: stream[i])):
-        fn(0)
-        start = time.process_time()
-        for i in range(num):
-            fn(i)
-        out[name] = num / (time.process_time() - start)
-    log.info("synthetic samples/s at %dpx (render %dpx), torch threads %d: %s", image_size,
-             source.render_size, torch.get_num_threads(),
-             ", ".join(f"{k} {v:,.0f}" for k, v in out.items()))
-    return out
-
-
-def show(path: Path, num: int = 8, size: int = 48, split: str = "train") -> None:
-    """A grid of ``num`` samples with their 5 captions, to check by eye that objects are
-    recognisable and captions true."""
-    import textwrap
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    world = SyntheticWorld()
-    cols = 4
-    rows = math.ceil(num / cols)
-    fig, axes = plt.subplots(2 * rows, cols, figsize=(4.4 * cols, 6.4 * rows),
-                             gridspec_kw={"height_ratios": [3, 2] * rows})
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for i in range(num):
-        scene = world.scene(split, i * 37)
-        image_ax, text_ax = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
-        image_ax.imshow(render(scene, size), interpolation="nearest")
-        image_ax.set_title(f"{split}[{scene.index}]: {CLASSNAMES[scene.label]} ({size}px)",
-                           fontsize=9)
-        text = "\n".join(textwrap.fill(f"{k + 1}. {c}", 56)
-                         for k, c in enumerate(world.captions(scene)))
-        text_ax.text(0, 1, text, transform=text_ax.transAxes, va="top", fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    log.info("wrote %s", path)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--show", type=Path, help="write a grid of samples with captions here")
-    parser.add_argument("--split", default="train", choices=SPLITS)
-    parser.add_argument("--size", type=int, default=48, help="render size of --show")
-    parser.add_argument("--bench", action="store_true", help="measure samples/s on one thread")
-    parser.add_argument("--image-size", type=int, default=32, help="network input size of --bench")
-    parser.add_argument("--render-size", type=int, default=0,
-                        help="render size of --bench (0: the image size)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.show:
-        show(args.show, size=args.size, split=args.split)
-    if args.bench:
-        import torch
-        torch.set_num_threads(1)
-        benchmark(image_size=args.image_size, render_size=args.render_size)
-
-
-if __name__ == "__main__":
-    main()

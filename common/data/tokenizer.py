@@ -32,6 +32,7 @@ import torch
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from common.config import DataConfig
+from common.data.synthetic import GRAMMAR_VERSION, SyntheticWorld
 from common.errors import DataError
 from common.paths import cache_dir
 
@@ -123,8 +124,6 @@ def build_tokenizer(cfg: DataConfig, corpus: Optional[Iterable[str]] = None) -> 
 
 # ---------------------------------------------------------------------------- synthetic BPE
 def _synthetic_bpe(vocab_size: int, corpus: Optional[Iterable[str]]) -> Tokenizer:
-    from common.data.synthetic import GRAMMAR_VERSION, SyntheticWorld
-
     if corpus is None:
         key = {"corpus": "synthetic", "grammar": GRAMMAR_VERSION, "seed": 0,
                "scenes": CORPUS_SCENES}
