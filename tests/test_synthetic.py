@@ -6,6 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from common.data import show_synthetic
 from common.data import synthetic as syn
 from common.data.synthetic import (CLASSNAMES, COARSE_CLASSNAMES, HELDOUT_FRAMES, TEMPLATES,
                                    TRAIN_FRAMES, SyntheticWorld, mirror_caption, render)
@@ -164,12 +165,12 @@ def test_bad_split_and_index_fail_clearly(world):
 
 
 def test_show_writes_a_figure(tmp_path):
-    syn.show(tmp_path / "grid.png", num=2, size=32)
+    show_synthetic.show(tmp_path / "grid.png", num=2, size=32)
     assert (tmp_path / "grid.png").stat().st_size > 1000
 
 
 def test_benchmark_helper_runs(caplog):
     with caplog.at_level(logging.INFO):
-        rates = syn.benchmark(num=20)
+        rates = show_synthetic.benchmark(num=20)
     assert set(rates) == {"render", "render+transform", "pairs"}
     assert "samples/s" in caplog.text
