@@ -2,13 +2,15 @@
 
 Tools that treat all chapters alike (the full-preset benchmark, the preset checks) find
 them here rather than keeping their own lists, so a new chapter plugs in by existing. A
-chapter's ``run.py`` defines one config dataclass (the one with a ``train`` field); it may
-also define hooks such as ``bench_case(cfg)`` (see :mod:`common.bench`). Chapter scripts
-are files, not a package, so they are imported by path under ``mmkd_chapter_<folder>``.
+chapter's ``run.py`` declares itself with ``CHAPTER = Declaration(config=..., build_model=...)``:
+its config dataclass (the schema of its ``tiny.yaml`` / ``full.yaml``) and how to build its
+untrained model from a config and a tokenizer (what ``eval/`` rebuilds before loading a
+checkpoint). It may also define hooks such as ``bench_case(cfg)`` (see :mod:`common.bench`).
+Chapter scripts are files, not a package, so they are imported by path under
+``mmkd_chapter_<folder>``.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import sys
@@ -21,6 +23,16 @@ from common.config import load_config
 from common.paths import REPO_ROOT
 
 EXPERIMENTS = REPO_ROOT / "experiments"
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What a chapter's ``run.py`` declares as ``CHAPTER``: its config dataclass, and
+    ``build_model(cfg, tokenizer)``, the untrained model of a config (the tokenizer gives the
+    pad id and vocabulary; ``cfg.text.vocab_size`` is already set from it)."""
+
+    config: type
+    build_model: Callable[[Any, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -46,16 +58,18 @@ class Chapter:
         return module
 
     @property
+    def declaration(self) -> Declaration:
+        """``run.py``'s ``CHAPTER`` declaration."""
+        declared = getattr(self.module, "CHAPTER", None)
+        if not isinstance(declared, Declaration):
+            raise TypeError(f"{self.folder / 'run.py'} must declare CHAPTER = Declaration(config=<its "
+                            f"config dataclass>, build_model=<cfg, tokenizer -> model>)")
+        return declared
+
+    @property
     def schema(self) -> type:
-        """The config dataclass of ``run.py``: the one defined there with a ``train`` field."""
-        found = [obj for obj in vars(self.module).values()
-                 if isinstance(obj, type) and dataclasses.is_dataclass(obj)
-                 and obj.__module__ == self.module.__name__
-                 and "train" in {f.name for f in dataclasses.fields(obj)}]
-        if len(found) != 1:
-            raise TypeError(f"{self.folder / 'run.py'} must define exactly one config dataclass "
-                            f"with a `train` field (found {[c.__name__ for c in found]})")
-        return found[0]
+        """The config dataclass ``run.py`` declares."""
+        return self.declaration.config
 
     def preset_path(self, preset: str) -> Path:
         return self.folder / f"{preset}.yaml"

@@ -3,13 +3,12 @@
 A run folder (``runs/<chapter>/<run>/``, written by :func:`common.experiment.run_folder`)
 holds the resolved ``config.yaml`` and ``checkpoints/step_*/model.safetensors``. The
 evaluation CLIs never re-implement a chapter's architecture: they import
-``experiments/<chapter>/run.py`` (:mod:`common.chapters`), merge ``config.yaml`` into its
-config schema and call its ``build_model``. The convention a chapter follows so that this
-works:
+``experiments/<chapter>/run.py`` (:mod:`common.chapters`), merge ``config.yaml`` into the
+config class its ``CHAPTER`` declaration names and call the declared
+``build_model(cfg, tokenizer)``. What a chapter guarantees so that this works:
 
-- ``build_model(cfg, ...)`` builds the untrained model from the chapter's config; besides
-  ``cfg`` it may ask, by parameter name, for ``tokenizer``, ``pad_id`` or ``vocab_size``
-  (sizes that depend on the teacher, such as SHRe's head, are saved in the config);
+- the declared ``build_model`` builds the untrained model from the config alone (sizes that
+  depend on the teacher, such as SHRe's head, are saved in the config);
 - the model has ``encode_image`` / ``encode_text`` (:class:`common.evaluation.ImageTextModel`)
   and, for fine-tuning, its encoders as ``.image`` / ``.text``;
 - the chapter sets ``cfg.text.vocab_size`` from the tokenizer before building (the loader
@@ -23,18 +22,16 @@ those weights anyway, and evaluating must not need the original pretrained files
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Dict, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from common.chapters import chapter
+from common.chapters import Declaration, chapter
 from common.checkpoint import MODEL_FILE, list_checkpoints, load_weights
 from common.config import load_config
 from common.data.tokenizer import Tokenizer, build_tokenizer
@@ -83,16 +80,14 @@ def find_run_dir(path: str | Path) -> Path:
                     f"chapter (runs/<chapter>/<run>) or a checkpoint inside one")
 
 
-def chapter_module(name: str) -> ModuleType:
-    """``experiments/<name>/run.py`` as a module (:mod:`common.chapters`), with a ``build_model``."""
+def chapter_declaration(name: str) -> Declaration:
+    """The ``CHAPTER`` declaration of ``experiments/<name>/run.py``, as one-line errors."""
     try:
-        module = chapter(name).module
+        return chapter(name).declaration
     except KeyError as err:
         raise DataError(f"the run's chapter is unknown: {err.args[0]}") from None
-    if not callable(getattr(module, "build_model", None)):
-        raise DataError(f"experiments/{name}/run.py has no build_model(cfg, ...); eval CLIs need "
-                        f"it to rebuild the chapter's model (see eval/checkpoint_model.py)")
-    return module
+    except TypeError as err:
+        raise DataError(f"{err}; eval CLIs need it to rebuild the chapter's model") from None
 
 
 def load_run_config(run_dir: Path, name: str, overrides: Sequence[str]) -> Any:
@@ -112,25 +107,11 @@ def _disable_init(node: Any) -> None:
                 _disable_init(node[key])
 
 
-def _build(module: ModuleType, cfg: Any, tokenizer: Tokenizer) -> nn.Module:
-    """Call ``build_model`` with ``cfg`` and whichever extra arguments it names."""
+def _build(declared: Declaration, cfg: Any, tokenizer: Tokenizer) -> nn.Module:
+    """The declared ``build_model`` with the vocabulary size taken from ``tokenizer``."""
     if "text" in cfg and "vocab_size" in cfg.text:
         cfg.text.vocab_size = tokenizer.vocab_size
-
-    providers = {
-        "tokenizer": lambda: tokenizer,
-        "pad_id": lambda: tokenizer.pad_id,
-        "vocab_size": lambda: tokenizer.vocab_size,
-    }
-    kwargs = {}
-    params = list(inspect.signature(module.build_model).parameters.values())[1:]
-    for param in params:
-        if param.name in providers:
-            kwargs[param.name] = providers[param.name]()
-        elif param.default is inspect.Parameter.empty:
-            raise DataError(f"build_model of chapter '{cfg.chapter}' needs '{param.name}', which "
-                            f"the eval loader cannot provide (it knows {', '.join(providers)})")
-    return module.build_model(cfg, **kwargs)
+    return declared.build_model(cfg, tokenizer)
 
 
 def model_label(cfg: Any) -> str:
@@ -164,10 +145,10 @@ def load_run(path: str | Path, overrides: Sequence[str] = (), device: str | None
     name = OmegaConf.load(run_dir / CONFIG_FILE).get("chapter")
     if not name:
         raise DataError(f"{run_dir / CONFIG_FILE} names no chapter; was it written by a chapter?")
-    module = chapter_module(str(name))
+    declared = chapter_declaration(str(name))
     cfg = load_run_config(run_dir, str(name), overrides)
     tokenizer = build_tokenizer(cfg.data)
-    model = _build(module, cfg, tokenizer)
+    model = _build(declared, cfg, tokenizer)
     weights = load_weights(model, path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()

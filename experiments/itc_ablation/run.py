@@ -36,6 +36,7 @@ from typing import List
 import torch
 
 from common.bench import BenchCase
+from common.chapters import Declaration
 from common.cli import main
 from common.config import parse_cli
 from common.experiment import markdown_table
@@ -56,7 +57,7 @@ class ItcConfig(AlignedChapterConfig):
     run: str = "itc"  # the results file: results/itc_ablation/<run>.csv
 
 
-build_model = build_aligned_student  # what the eval CLIs rebuild from a run's config.yaml
+build_model = build_aligned_student
 
 
 def run_variant(variant: Variant, cfg: ItcConfig, results_file: str) -> List[dict]:
@@ -82,6 +83,10 @@ def run(cfg: ItcConfig) -> List[dict]:
 def bench_case(cfg: ItcConfig) -> BenchCase:
     """``make bench PRESET=full``: this chapter's training step at the preset's size."""
     return alignment_bench_case(cfg, build_model, cfg.align, cfg.align_weight, cfg.cos_margin)
+
+
+# what eval/ rebuilds from a run's config.yaml (common.chapters)
+CHAPTER = Declaration(config=ItcConfig, build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id))
 
 
 if __name__ == "__main__":

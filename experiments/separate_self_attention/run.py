@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from common.bench import BenchCase
+from common.chapters import Declaration
 from common.cli import main
 from common.config import parse_cli
 from common.experiment import markdown_table, run_meta, write_rows
@@ -91,6 +92,10 @@ def run(cfg: SsaConfig) -> List[dict]:
 def bench_case(cfg: SsaConfig) -> BenchCase:
     """``make bench PRESET=full``: this chapter's training step at the preset's size."""
     return alignment_bench_case(cfg, build_model)
+
+
+# what eval/ rebuilds from a run's config.yaml (common.chapters)
+CHAPTER = Declaration(config=SsaConfig, build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id))
 
 
 if __name__ == "__main__":

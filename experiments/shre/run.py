@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from common.bench import BenchCase, synthetic_image_text_batch
+from common.chapters import Declaration
 from common.cli import main
 from common.config import (ConfigError, DataConfig, EvalConfig, ImageEncoderConfig, TeacherConfig,
                            TextEncoderConfig, TrainConfig, parse_cli)
@@ -162,6 +163,10 @@ def bench_case(cfg: ShreConfig) -> BenchCase:
     return BenchCase(build_model(cfg, pad_id=1),
                      lambda m, b: shre_losses(m, teacher, b, cfg.kd_weight, cfg.itc_weight)["loss"],
                      batch, frozen=[teacher])
+
+
+# what eval/ rebuilds from a run's config.yaml (common.chapters)
+CHAPTER = Declaration(config=ShreConfig, build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id))
 
 
 if __name__ == "__main__":

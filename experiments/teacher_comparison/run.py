@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from common.bench import BenchCase
+from common.chapters import Declaration
 from common.cli import main
 from common.config import parse_cli
 from common.experiment import markdown_table
@@ -62,7 +63,7 @@ class TeacherComparisonConfig(AlignedChapterConfig):  # each variant sets teache
     knn: KnnConfig = field(default_factory=KnnConfig)  # how the teachers themselves are judged
 
 
-build_model = build_aligned_student  # what the eval CLIs rebuild from a run's config.yaml
+build_model = build_aligned_student
 
 
 def teacher_rows(cfg: TeacherComparisonConfig, teacher: nn.Module) -> List[dict]:
@@ -106,6 +107,10 @@ def run(cfg: TeacherComparisonConfig) -> List[dict]:
 def bench_case(cfg: TeacherComparisonConfig) -> BenchCase:
     """``make bench PRESET=full``: this chapter's training step at the preset's size."""
     return alignment_bench_case(cfg, build_model, cfg.align, cfg.align_weight, cfg.cos_margin)
+
+
+# what eval/ rebuilds from a run's config.yaml (common.chapters)
+CHAPTER = Declaration(config=TeacherComparisonConfig, build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from common.bench import BenchCase
+from common.chapters import Declaration
 from common.cli import main
 from common.config import (ConfigError, DataConfig, EvalConfig, ImageEncoderConfig,
                            TeacherConfig, TrainConfig, parse_cli)
@@ -342,6 +343,10 @@ def bench_case(cfg: VisionKdConfig) -> BenchCase:
     return BenchCase(build_model(cfg, embed=teacher.embed),
                      lambda m, b: kd_losses(m, teacher, b["image"], cfg.target)["loss"],
                      batch, frozen=[teacher])
+
+
+# what eval/ rebuilds from a run's config.yaml (common.chapters)
+CHAPTER = Declaration(config=VisionKdConfig, build_model=lambda cfg, tokenizer: build_model(cfg))
 
 
 if __name__ == "__main__":
