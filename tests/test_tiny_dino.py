@@ -9,6 +9,7 @@ from common.config import ConfigError
 from common.data.synthetic import COLOUR_JITTER, COLOUR_RGB, SyntheticWorld
 from common.data.transforms import eval_transform
 from common.models import teachers
+from common.data import views as dv
 from common.tiny_teachers import dino as td
 from common.tiny_teachers.d2v import build_vit
 
@@ -52,7 +53,7 @@ def test_background_swap_keeps_the_objects_and_redraws_the_background():
     main = scene.objects[0]
     cy, cx = int(main.cy * 32), int(main.cx * 32)  # the main object's centre keeps its colour
     assert np.array_equal(a[cy, cx], original[cy, cx]) and np.array_equal(b[cy, cx], original[cy, cx])
-    views = td.TwoViews(source, eval_transform(32), background_swap=True)[3]["views"]
+    views = dv.TwoViews(source, eval_transform(32), background_swap=True)[3]["views"]
     assert views.shape == (2, 3, 32, 32) and not torch.equal(views[0], views[1])
 
 
@@ -60,7 +61,7 @@ def test_relayout_moves_and_reshades_the_objects_and_keeps_what_they_are():
     source = SyntheticWorld(seed=0, train_size=50).source("train")
     gen = torch.Generator().manual_seed(0)
     scenes = [source.scene(i) for i in range(50)]
-    moved = [td.relaid_scene(scene, gen) for scene in scenes]
+    moved = [dv.relaid_scene(scene, gen) for scene in scenes]
     for scene, new in zip(scenes, moved):
         assert [(o.shape, o.colour, o.size) for o in scene.objects] == \
             [(o.shape, o.colour, o.size) for o in new.objects]  # the same objects, main first
@@ -70,9 +71,9 @@ def test_relayout_moves_and_reshades_the_objects_and_keeps_what_they_are():
         assert new.label == scene.label and new.texture == scene.texture
     cells = [([o.cell for o in s.objects], [o.cell for o in n.objects]) for s, n in zip(scenes, moved)]
     assert sum(a != b for a, b in cells) > 35  # most layouts changed (1 object: 8 cells of 9)
-    again = [td.relaid_scene(scene, torch.Generator().manual_seed(0)) for scene in scenes[:1]]
+    again = [dv.relaid_scene(scene, torch.Generator().manual_seed(0)) for scene in scenes[:1]]
     assert again[0] == moved[0]  # a pure function of the generator
-    views = td.TwoViews(source, eval_transform(32), background_swap=True, relayout=True)[3]["views"]
+    views = dv.TwoViews(source, eval_transform(32), background_swap=True, relayout=True)[3]["views"]
     assert views.shape == (2, 3, 32, 32) and not torch.equal(views[0], views[1])
 
 
@@ -80,20 +81,20 @@ def test_drop_others_keeps_the_main_object_and_drops_the_rest_at_the_given_rate(
     source = SyntheticWorld(seed=0, train_size=400).source("train")
     scenes = [source.scene(i) for i in range(400)]
     gen = torch.Generator().manual_seed(0)
-    kept = [td.without_some_others(s, 0.75, gen) for s in scenes]
+    kept = [dv.without_some_others(s, 0.75, gen) for s in scenes]
     others = sum(len(s.objects) - 1 for s in scenes)
     assert all(k.objects[0] == s.objects[0] and set(k.objects) <= set(s.objects)
                for s, k in zip(scenes, kept))  # the main object always, others a subset
     rate = 1 - sum(len(k.objects) - 1 for k in kept) / others
     assert others > 300 and abs(rate - 0.75) < 0.06  # ~4 standard errors
-    assert all(td.without_some_others(s, 1.0).objects == s.objects[:1] for s in scenes[:20])
-    assert all(td.without_some_others(s, 0.0) == s for s in scenes[:20])
-    views = td.TwoViews(source, eval_transform(32), True, True, drop_others=0.5)[3]["views"]
+    assert all(dv.without_some_others(s, 1.0).objects == s.objects[:1] for s in scenes[:20])
+    assert all(dv.without_some_others(s, 0.0) == s for s in scenes[:20])
+    views = dv.TwoViews(source, eval_transform(32), True, True, drop_others=0.5)[3]["views"]
     assert views.shape == (2, 3, 32, 32)
     for bad, why in (({"relayout": False, "drop_others": 0.5}, "needs relayout"),
                      ({"relayout": True, "drop_others": 1.5}, "probability")):
         with pytest.raises(ConfigError, match=why):
-            td.TwoViews(source, eval_transform(32), True, **bad)
+            dv.TwoViews(source, eval_transform(32), True, **bad)
 
 
 def test_tiny_dino_bootstraps_and_changes_the_encoder(monkeypatch, vit_teacher_cfgs):

@@ -5,12 +5,12 @@ directly (unlike ``tiny-d2v``'s, which regresses the mean of its patch targets),
 InfoNCE instead of DINO's self-distillation onto prototypes, following MoCo v3 (Chen, Xie
 and He, "An Empirical Study of Training Self-Supervised Vision Transformers", 2021):
 
-- two augmented views per image (:class:`~common.tiny_teachers.dino.TwoViews`): crops and
+- two augmented views per image (:class:`~common.data.views.TwoViews`): crops and
   flips, a new background per view and, with ``relayout``, the objects moved to new grid
-  cells and re-shaded within their named colour (:func:`~common.tiny_teachers.dino.relaid_scene`),
+  cells and re-shaded within their named colour (:func:`~common.data.views.relaid_scene`),
   so that the views share only what the objects are; with ``drop_others`` each object but
   the main (largest) one is left out of a view with that probability
-  (:func:`~common.tiny_teachers.dino.without_some_others`), the tiny world's stand-in for two
+  (:func:`~common.data.views.without_some_others`), the tiny world's stand-in for two
   crops of a photo that both hold its subject and lose different parts of its surroundings;
 - the student (encoder + projector + predictor) maps each view's CLS to a query, its EMA
   teacher (encoder + projector, decay on DINO's cosine schedule) maps the other view to a key;

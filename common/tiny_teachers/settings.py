@@ -61,5 +61,5 @@ class ClrSettings:
     ema_start: float = 0.99  # MoCo v3: 0.99, cosine to 1
     crop_scale_min: float = 0.3  # as tiny-dino: a 32-px crop below that often loses the object
     background_swap: bool = True
-    relayout: bool = True  # also move and reshade the objects per view (tiny_dino.relaid_scene)
+    relayout: bool = True  # also move and reshade the objects per view (common.data.views.relaid_scene)
     drop_others: float = 0.8  # leave each non-main object out of a view with this probability
