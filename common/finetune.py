@@ -15,6 +15,7 @@ The encoder passed in is copied: the caller's weights are never changed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -33,8 +34,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from common.config import ConfigError, TrainConfig
+from common.config import ConfigError, DataConfig, TrainConfig
 from common.data.datasets import DataSource, ImageLabelSet, TrainStream
+from common.data.sources import dataset_name, open_source
 from common.data.glue import GlueExample, GlueTask, dev_name, encode_examples, glue_metrics
 from common.data.tokenizer import Tokenizer
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, to_model_input
@@ -45,6 +47,7 @@ from common.train import fit
 log = logging.getLogger(__name__)
 
 MODES = ("full", "linear")
+PROTOCOL = {"full": "fine-tune", "linear": "linear probe"}  # the names result rows use
 # A linear probe trains only the head on clean crops (MAE's protocol): these settings win
 # over the preset's augmentation when mode=linear.
 LINEAR_PROBE = {"mixup": 0.0, "cutmix": 0.0, "rand_augment": "", "reprob": 0.0,
@@ -364,3 +367,31 @@ def finetune_text_classifier(encoder: Encoder, tokenizer: Tokenizer, task: GlueT
                  frozen=frozen, param_groups=groups)
     final = {k: v for k, v in result.history[-1].items() if k != "step"}
     return {**final, "steps": result.step, "train_minutes": result.train_minutes}
+
+
+# ---------------------------------------------------------------------------- CIFAR rows
+def cifar_finetune_rows(data: DataConfig, encoder: Encoder, recipes: Mapping[str, Any],
+                        modes: Sequence[str], labels: Sequence[str], out_root: Path, name: str,
+                        meta: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Linear probe and/or full fine-tuning (``modes``, each with its recipe in ``recipes``) of
+    ``encoder`` on the ``knn_train`` split's ``labels`` (fine: CIFAR-100, coarse: CIFAR-10),
+    validated on ``knn_test``: the thesis's CIFAR fine-tuning. One result row per label set and
+    mode; the runs live in ``out_root/<name>-<classes>-<mode>/`` (the same call resumes)."""
+    rows = []
+    for label in labels:
+        train = open_source(data, "knn_train", label)
+        val = open_source(data, "knn_test", label)
+        classes = len(val.classnames)
+        for mode in modes:
+            if mode not in PROTOCOL:
+                raise ConfigError(f"config error: finetune_modes has '{mode}'; use linear and/or full")
+            recipe = dataclasses.replace(OmegaConf.to_object(recipes[mode]), mode=mode)
+            result = finetune_classifier(finetunable(encoder), train, val, recipe,
+                                         out_root / f"{name}-{classes}-{mode}",
+                                         image_size=data.image_size)
+            rows.append({**meta, "dataset": f"{dataset_name(data, 'knn_test')}{classes} "
+                                            f"({PROTOCOL[mode]})",
+                         "ft_top1": result["ft_top1"], "ft_top5": result["ft_top5"],
+                         "notes": f"{PROTOCOL[mode]}: {result['steps']} steps, "
+                                  f"{result['train_minutes']:.2f} min"})
+    return rows

@@ -26,7 +26,7 @@ from common.config import load_config
 from common.data.glue import GLUE_TASKS, SYNTHETIC_TASKS, load_task
 from common.data.sources import dataset_name, open_source
 from common.errors import DataError
-from common.finetune import FinetuneConfig, finetune_classifier, finetune_text_classifier
+from common.finetune import PROTOCOL, FinetuneConfig, finetune_classifier, finetune_text_classifier
 from eval import cli
 from eval.checkpoint_model import LoadedRun
 
@@ -38,7 +38,6 @@ IMAGE_TASKS: Dict[str, Tuple[str, str, str]] = {
     "cifar10": ("knn_train", "knn_test", "coarse"),
 }
 TEXT_TASKS = (*GLUE_TASKS, "glue", *SYNTHETIC_TASKS)
-PROTOCOL = {"full": "fine-tune", "linear": "linear probe"}
 
 
 def finetune_config(run: LoadedRun, modality: str, mode: str,

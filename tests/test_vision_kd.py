@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from common.config import ConfigError, TrainConfig, parse_cli
 from common.data.datasets import TrainStream
-from common.finetune import EncoderClassifier, image_head, layer_decay_param_groups
+from common.finetune import EncoderClassifier, finetunable, image_head, layer_decay_param_groups
 from common.models.embed import ImageEmbed
 from common.models.encoder import build_image_encoder
 from common.optim import build_optimizer
@@ -104,7 +104,7 @@ def test_a_student_that_copies_the_teacher_has_zero_loss_and_eq6_weights_the_ste
 
 def test_fine_tuning_learning_rates_of_a_six_block_student_match_the_thesis_table():
     _, _, model = _teacher_and_student(["student.depth=6"])
-    classifier = EncoderClassifier(vkd.finetunable(model.image), image_head(32, 100))
+    classifier = EncoderClassifier(finetunable(model.image), image_head(32, 100))
     groups = layer_decay_param_groups(classifier, weight_decay=0.05, layer_decay=0.81)
     optimizer = build_optimizer(classifier, TrainConfig(lr=1e-3), groups)  # what fit() builds
     names = {id(p): n for n, p in classifier.named_parameters()}

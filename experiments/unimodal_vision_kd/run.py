@@ -28,14 +28,12 @@ reference rows. Rows go to ``results/unimodal_vision_kd/<run>.csv``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from common.bench import BenchCase
@@ -44,15 +42,17 @@ from common.cli import main
 from common.config import (ConfigError, DataConfig, EvalConfig, ImageEncoderConfig,
                            TeacherConfig, TrainConfig, parse_cli)
 from common.data.datasets import ImageLabelSet, TrainStream
-from common.data.sources import dataset_name, open_source
+from common.data.sources import open_source
 from common.data.transforms import train_transform
 from common.experiment import markdown_table, run_folder, run_meta, write_rows
-from common.finetune import FinetuneConfig, finetunable, finetune_classifier
+from common.finetune import FinetuneConfig, cifar_finetune_rows
 from common.knn import KnnConfig, KnnSets
 from common.losses import kd_mse_loss
 from common.models.embed import ImageEmbed
-from common.models.encoder import Encoder, EncoderOutput, build_image_encoder
+from common.models.encoder import Encoder, build_image_encoder
 from common.models.registry import init_blocks
+from common.models.vision_student import (SharedEmbedConfig, VisionStudent, init_from_teacher,
+                                          pool_tokens, shared_embed_settings)
 from common.models.teachers import build_teacher, teacher_report
 from common.paths import runs_dir
 from common.targets import layer_averaged_targets
@@ -62,8 +62,6 @@ log = logging.getLogger("vision_kd")
 HERE = Path(__file__).resolve().parent
 TABLE = ["model", "dataset", "knn_top1", "knn_top3", "ft_top1", "ft_top5", "params_m",
          "train_minutes", "steps"]
-POOLS = ("mean", "cls")
-PROTOCOL = {"full": "fine-tune", "linear": "linear probe"}
 
 
 @dataclass
@@ -75,17 +73,6 @@ class TargetConfig:
     student_layers: int = 0
     instance_norm: bool = True
     layer_norm: bool = True
-
-
-@dataclass
-class SharedEmbedConfig:
-    """The shape of the teacher's patch embedding, which the student shares. Filled from the
-    teacher before the run folder is written, so the eval CLIs can rebuild the student
-    from ``config.yaml`` alone (the weights come with the checkpoint)."""
-
-    norm: bool = True  # a LayerNorm after the patches (data2vec 2.0); BEiT v2: none
-    norm_eps: float = 1e-6
-    abs_pos: bool = True  # fixed sin-cos positions (data2vec 2.0); BEiT v2: none
 
 
 @dataclass
@@ -116,49 +103,6 @@ class VisionKdConfig:
     finetune_untrained: bool = True  # also fine-tune the untrained student (a reference row)
 
 
-# ---------------------------------------------------------------------------- the student
-def pool_tokens(x: Tensor, pool: str, num_extra: int = 1) -> Tensor:
-    """One vector per image from ``[B, T, D]`` tokens: the mean of the patch tokens (the
-    thesis' fine-tuning input) or the CLS token. Returns ``[B, D]``."""
-    if pool == "cls":
-        return x[:, 0]
-    if pool == "mean":
-        return x[:, num_extra:].mean(dim=1)
-    raise ConfigError(f"config error: knn.pool={pool} is not one of {'|'.join(POOLS)}")
-
-
-class VisionStudent(nn.Module):
-    """The student's blocks on top of a (shared, frozen) image embedding.
-
-    ``forward`` takes already embedded tokens, because during distillation the embedding
-    runs once per batch for teacher and student together; ``encode_image`` embeds images
-    itself (the eval CLIs' :class:`~common.evaluation.ImageTextModel` half), and ``image``
-    is the encoder that :mod:`common.finetune` and ``eval.finetune`` fine-tune.
-    """
-
-    def __init__(self, image: Encoder, pool: str = "mean"):
-        super().__init__()
-        self.image, self.pool = image, pool
-
-    def forward(self, tokens: Tensor) -> EncoderOutput:
-        """``tokens`` ``[B, T, D]`` -> the student's output with every block's ``layers``."""
-        return self.image.forward_tokens(tokens, return_layers=True)
-
-    def encode_image(self, images: Tensor) -> Tensor:
-        """Images ``[B, 3, H, W]`` -> pooled embeddings ``[B, D]`` (kNN retrieval)."""
-        return pool_tokens(self.image(images).x, self.pool, self.image.embed.num_extra_tokens)
-
-
-def shared_embed_settings(embed: nn.Module) -> SharedEmbedConfig:
-    """What :func:`build_model` needs to rebuild ``embed``'s architecture."""
-    if not isinstance(embed, ImageEmbed):
-        raise ConfigError(f"config error: the teacher's embedding is a {type(embed).__name__}; "
-                          f"this chapter shares an ImageEmbed (a ViT teacher's patch embedding)")
-    norm = isinstance(embed.norm, nn.LayerNorm)
-    return SharedEmbedConfig(norm=norm, norm_eps=embed.norm.eps if norm else 1e-6,
-                             abs_pos=embed.pos_embed is not None)
-
-
 def build_model(cfg: VisionKdConfig, embed: Optional[ImageEmbed] = None) -> VisionStudent:
     """The student of ``cfg``: ``cfg.student`` blocks (random init, seeded by ``train.seed``)
     on ``embed`` (the teacher's, shared) or, for the eval CLIs, on a fresh embedding shaped
@@ -179,23 +123,6 @@ def build_model(cfg: VisionKdConfig, embed: Optional[ImageEmbed] = None) -> Visi
     with torch.random.fork_rng(devices=[]):  # the same student whatever ran before
         torch.manual_seed(cfg.train.seed)
         return VisionStudent(Encoder(embed, s), cfg.knn.pool)
-
-
-def init_from_teacher(student: Encoder, teacher: Encoder) -> None:
-    """The later draft's student: the teacher's first ``len(student.blocks)`` blocks (and its
-    final norm, for pre-norm blocks), copied; the shapes must match the teacher's."""
-    if len(student.blocks) > len(teacher.blocks):
-        raise ConfigError(f"config error: student_init=teacher with student.depth="
-                          f"{len(student.blocks)}, but the teacher has {len(teacher.blocks)} blocks")
-    for i, block in enumerate(student.blocks):
-        try:
-            block.load_state_dict(teacher.blocks[i].state_dict())
-        except RuntimeError:
-            raise ConfigError("config error: student_init=teacher needs student blocks shaped like "
-                              "the teacher's; set student.heads/mlp_ratio/layer_norm_first/"
-                              "layer_scale/rel_pos_bias/alibi_scale as in the teacher") from None
-    if student.norm is not None and teacher.norm is not None:
-        student.norm.load_state_dict(teacher.norm.state_dict())
 
 
 def init_student(cfg: VisionKdConfig, student: Encoder, teacher: Encoder) -> None:
@@ -224,7 +151,7 @@ def build_vit_teacher(cfg: VisionKdConfig) -> Encoder:
     return teacher
 
 
-# ---------------------------------------------------------------------------- the objective
+# ---------------------------------------------------------------------------- the student and its objective
 def _top(layers: Sequence[Tensor], k: int) -> Sequence[Tensor]:
     return layers if k <= 0 else layers[-k:]
 
@@ -249,33 +176,6 @@ def kd_losses(model: nn.Module, teacher: Encoder, images: Tensor,
         cls = kd_mse_loss(y_hat[:, :n], y[:, :n])
         patches = kd_mse_loss(y_hat[:, n:], y[:, n:])
     return {"loss": loss, "kd_cls": cls, "kd_patches": patches}
-
-
-# ---------------------------------------------------------------------------- fine-tuning
-def finetune_rows(cfg: VisionKdConfig, encoder: Encoder, name: str, meta: dict) -> List[dict]:
-    """Linear probe and/or full fine-tuning (``cfg.finetune_modes``) of ``encoder`` on the
-    ``knn_train`` split's labels (``cfg.finetune_labels``), validated on ``knn_test``: the
-    thesis' CIFAR-100 / CIFAR-10 fine-tuning. One row per label set and mode; the runs
-    live in ``runs/<chapter>/<run>/finetune/<name>-<classes>-<mode>/`` (a rerun resumes)."""
-    recipes = {"full": cfg.finetune, "linear": cfg.linear_probe}
-    rows = []
-    for label in cfg.finetune_labels:
-        train = open_source(cfg.data, "knn_train", label)
-        val = open_source(cfg.data, "knn_test", label)
-        classes = len(val.classnames)
-        for mode in cfg.finetune_modes:
-            if mode not in PROTOCOL:
-                raise ConfigError(f"config error: finetune_modes has '{mode}'; use linear and/or full")
-            out_dir = runs_dir(cfg.chapter, cfg.run, "finetune", f"{name}-{classes}-{mode}")
-            recipe = dataclasses.replace(OmegaConf.to_object(recipes[mode]), mode=mode)
-            result = finetune_classifier(finetunable(encoder), train, val, recipe, out_dir,
-                                         image_size=cfg.data.image_size)
-            rows.append({**meta, "dataset": f"{dataset_name(cfg.data, 'knn_test')}{classes} "
-                                            f"({PROTOCOL[mode]})",
-                         "ft_top1": result["ft_top1"], "ft_top5": result["ft_top5"],
-                         "notes": f"{PROTOCOL[mode]}: {result['steps']} steps, "
-                                  f"{result['train_minutes']:.2f} min"})
-    return rows
 
 
 # ---------------------------------------------------------------------------- the chapter
@@ -323,9 +223,13 @@ def run(cfg: VisionKdConfig) -> List[dict]:
             + knn.rows(distilled_knn, meta))
     write_rows(cfg.chapter, cfg.run, rows)  # kept even if fine-tuning fails later
     # the distilled student's rows last: the eval CLIs label this run by its newest row
-    tuned = (finetune_rows(cfg, untrained, "untrained", untrained_meta)
-             if untrained is not None else [])
-    tuned += finetune_rows(cfg, model.image, "distilled", meta)
+    def finetune_rows(encoder: Encoder, name: str, row_meta: dict) -> List[dict]:
+        return cifar_finetune_rows(cfg.data, encoder, {"full": cfg.finetune, "linear": cfg.linear_probe},
+                                   cfg.finetune_modes, cfg.finetune_labels,
+                                   runs_dir(cfg.chapter, cfg.run, "finetune"), name, row_meta)
+
+    tuned = finetune_rows(untrained, "untrained", untrained_meta) if untrained is not None else []
+    tuned += finetune_rows(model.image, "distilled", meta)
     if tuned:
         write_rows(cfg.chapter, cfg.run, tuned)
     rows += tuned
