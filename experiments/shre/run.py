@@ -166,7 +166,8 @@ def bench_case(cfg: ShreConfig) -> BenchCase:
 
 
 # what eval/ rebuilds from a run's config.yaml (common.chapters)
-CHAPTER = Declaration(config=ShreConfig, build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id))
+CHAPTER = Declaration(config=ShreConfig,
+                      build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id))
 
 
 if __name__ == "__main__":

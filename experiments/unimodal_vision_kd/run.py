@@ -250,7 +250,8 @@ def bench_case(cfg: VisionKdConfig) -> BenchCase:
 
 
 # what eval/ rebuilds from a run's config.yaml (common.chapters)
-CHAPTER = Declaration(config=VisionKdConfig, build_model=lambda cfg, tokenizer: build_model(cfg))
+CHAPTER = Declaration(config=VisionKdConfig,
+                      build_model=lambda cfg, tokenizer: build_model(cfg))
 
 
 if __name__ == "__main__":
