@@ -26,7 +26,7 @@ import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from common.data.cc3m import Row, read_index
 from common.data.image_index import clean_caption
@@ -52,16 +52,18 @@ def find_img2dataset(explicit: str = "") -> Optional[str]:
     return str(local) if local.is_file() else shutil.which("img2dataset")
 
 
-def _round_stats(folder: Path) -> Dict[str, object]:
-    stats: Counter = Counter()
+COUNTS = ("count", "successes", "failed_to_download", "failed_to_resize")
+
+
+def _stats(folder: Path) -> Tuple[Counter, Counter]:
+    """img2dataset's ``*_stats.json`` of ``folder`` summed: (counts, failure reasons)."""
+    counts: Counter = Counter()
     reasons: Counter = Counter()
     for path in sorted(folder.glob("*_stats.json")):
         shard = json.loads(path.read_text())
-        stats.update({k: shard.get(k, 0) for k in ("count", "successes", "failed_to_download",
-                                                    "failed_to_resize")})
-        reasons.update(shard.get("status_dict", {}))
-    reasons.pop("success", None)
-    return {**stats, "reasons": dict(reasons)}
+        counts.update({k: int(shard.get(k, 0)) for k in COUNTS})
+        reasons.update({k: v for k, v in shard.get("status_dict", {}).items() if k != "success"})
+    return counts, reasons
 
 
 def prepare_cc3m_img2dataset(root: Path, index: Optional[Path] = None, limit: int = 500_000,
@@ -85,12 +87,15 @@ def prepare_cc3m_img2dataset(root: Path, index: Optional[Path] = None, limit: in
     if force and shards.exists():
         shutil.rmtree(shards)
     rows = read_index(index)
-    empty, have, seen, samples = 0, 0, 0, []
+    empty, samples = 0, []
+    totals: Counter = Counter()
+    reasons: Counter = Counter()
     for k in itertools.count():
         round_dir = shards / f"round_{k:03d}"
         if not (round_dir / DONE).is_file():
-            need = limit - have
-            rate = have / seen if seen else 0.8  # CC3M: roughly 80% of the urls still answer
+            need = limit - len(samples)
+            seen = totals["count"]
+            rate = len(samples) / seen if seen else 0.8  # CC3M: roughly 80% of the urls answer
             batch: List[Row] = []
             for row in rows:
                 row.caption = clean_caption(row.caption)
@@ -105,32 +110,22 @@ def prepare_cc3m_img2dataset(root: Path, index: Optional[Path] = None, limit: in
             _run(command, batch, round_dir, image_size, processes, threads, retries, timeout)
         else:
             empty += _skip_rows(rows, round_dir)
-        found = [s for shard in sorted(round_dir.glob("*.tar")) for s in read_shard(shard)]
-        samples.extend(found)
-        stats = _round_stats(round_dir)
-        seen += int(stats.get("count", 0))
-        have += len(found)
-        if have >= limit:
+        samples.extend(s for shard in sorted(round_dir.glob("*.tar")) for s in read_shard(shard))
+        counts, why = _stats(round_dir)  # only the rounds this preparation used
+        totals.update(counts)
+        reasons.update(why)
+        if len(samples) >= limit:
             break
     samples.sort(key=lambda s: int(s.meta.get("row", -1)))
     kept = write_samples(folder, "train", samples[:limit])
-    totals = _merge([_round_stats(d) for d in sorted(shards.glob("round_*"))])
-    split = {"count": len(kept), "skipped": int(totals["count"]) - int(totals["successes"]) + empty,
-             "unavailable": int(totals["failed_to_download"]),
-             "failed_to_resize": int(totals["failed_to_resize"]), "empty_caption": empty}
+    split = {"count": len(kept), "skipped": totals["count"] - totals["successes"] + empty,
+             "unavailable": totals["failed_to_download"],
+             "failed_to_resize": totals["failed_to_resize"], "empty_caption": empty,
+             "failure_reasons": dict(reasons.most_common(20))}
     log.info("cc3m train: %d images in webdataset shards; img2dataset tried %d urls: %d failed to "
              "download, %d to decode/resize", len(kept), totals["count"],
              totals["failed_to_download"], totals["failed_to_resize"])
-    manifest = write_manifest(folder, "cc3m", {"train": split}, settings)
-    return manifest
-
-
-def _merge(rounds: List[Dict[str, object]]) -> Dict[str, object]:
-    total: Counter = Counter()
-    for stats in rounds:
-        total.update({k: v for k, v in stats.items() if k != "reasons"})
-    return {k: total.get(k, 0) for k in ("count", "successes", "failed_to_download",
-                                         "failed_to_resize")}
+    return write_manifest(folder, "cc3m", {"train": split}, settings)
 
 
 def _skip_rows(rows: Iterator[Row], round_dir: Path) -> int:
@@ -185,9 +180,9 @@ def index_cc3m_shards(root: Path, shards: Path, force: bool = False) -> Dict:
     folder.mkdir(parents=True, exist_ok=True)
     samples = [s for shard in files for s in read_shard(shard)]
     kept = write_samples(folder, "train", samples)
-    stats = _merge([_round_stats(d) for d in sorted({f.parent for f in files})])
+    tried = sum((_stats(d)[0] for d in sorted({f.parent for f in files})), Counter())
     split = {"count": len(kept), "skipped": len(samples) - len(kept),
              "empty_caption": len(samples) - len(kept),
-             **({"img2dataset_tried": int(stats["count"])} if stats["count"] else {})}
+             **({"img2dataset_tried": tried["count"]} if tried["count"] else {})}
     return write_manifest(folder, "cc3m", {"train": split}, settings)
 
