@@ -74,10 +74,13 @@ compare: $(STAMP)
 figures: $(STAMP)
 	$(PY) -m eval.plot $(ARGS)
 
-# Every chapter's preset in turn, then the comparison table and the figures.
-EXPERIMENTS := exp-shre exp-vision-kd exp-ssa exp-itc exp-teachers
+# Every chapter's runs as parallel jobs (common/run_all.py: teachers first, then one
+# single-threaded process per core for tiny; JOBS=1 runs them one after another, and full
+# runs one at a time unless JOBS says otherwise), then the comparison table and the figures.
+# SEEDS=3 make exp-all: three seeds of every run. Logs: runs/exp-all/<job>.log.
+JOBS ?=
 exp-all: $(STAMP)
-	for target in $(EXPERIMENTS); do $(MAKE) --no-print-directory $$target || exit 1; done
+	$(PY) -m common.run_all $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 	$(MAKE) --no-print-directory compare
 	$(MAKE) --no-print-directory figures
 

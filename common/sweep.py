@@ -81,3 +81,19 @@ def expand(cfg: Any, variants: Sequence[Variant], only: Sequence[str] = (),
             out.append((variant, seeded))
     log.info("%d run(s): %s", len(out), ", ".join(f"{v.name}/seed{c.train.seed}" for v, c in out))
     return out
+
+
+def seed_runs(cfg: Any, seeds: int = 1) -> List[Tuple[str, Any]]:
+    """``[(run folder name, config)]`` of a chapter without variants, one per seed.
+
+    The first seed (``train.seed``) keeps the run's own folder ``<run>``, so a one-seed run
+    and the eval commands that name ``runs/<chapter>/<run>`` are unchanged; seed
+    ``train.seed + k`` goes to ``<run>-seed<train.seed + k>``. Rows record the seed.
+    """
+    out = []
+    for k in range(seeds):
+        seeded = cfg if k == 0 else apply_overrides(cfg, [f"train.seed={cfg.train.seed + k}"], "seeds")
+        out.append((cfg.run if k == 0 else f"{cfg.run}-seed{seeded.train.seed}", seeded))
+    if seeds > 1:
+        log.info("%d seeds: %s", seeds, ", ".join(name for name, _ in out))
+    return out

@@ -17,6 +17,7 @@ Flickr-like test sets. Result rows go to ``results/shre/<run>.csv``.
     python experiments/shre/run.py                      # tiny preset (CPU, minutes)
     python experiments/shre/run.py preset=full          # the thesis setting (GPU)
     python experiments/shre/run.py train.steps=200 image.depth=2
+    SEEDS=3 python experiments/shre/run.py              # seeds 0, 1, 2 (runs/shre/shre, shre-seed1, ...)
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from common.models import SharedHead, build_image_encoder, build_text_encoder
 from common.models.dual import DualEncoder
 from common.models.registry import init_encoder
 from common.models.teachers import build_teacher, teacher_report
+from common.sweep import seed_count, seed_runs
 from common.train import fit
 
 log = logging.getLogger("shre")
@@ -68,6 +70,7 @@ class ShreConfig:
     head_classes: int = 0
     kd_weight: float = 1.0
     itc_weight: float = 1.0
+    seeds: int = 1  # runs with seeds train.seed, +1, ...; the SEEDS environment variable overrides it
 
 
 def build_model(cfg: ShreConfig, pad_id: int) -> DualEncoder:
@@ -110,6 +113,12 @@ def shre_losses(model: nn.Module, teacher: nn.Module, batch: Dict[str, Tensor],
 
 
 def run(cfg: ShreConfig) -> List[dict]:
+    """Every seed's run (``seeds`` / ``SEEDS``); see :func:`common.sweep.seed_runs`."""
+    return [row for name, seeded in seed_runs(cfg, seed_count(cfg.seeds)) for row in run_seed(seeded, name)]
+
+
+def run_seed(cfg: ShreConfig, name: str) -> List[dict]:
+    """Train SHRe with ``cfg.train.seed`` in ``runs/shre/<name>/``, evaluate, write the rows."""
     torch.manual_seed(cfg.train.seed)
     evals = EvalSets(cfg.data, cfg.eval)  # a missing dataset stops here, before any training
     train_source = open_source(cfg.data, "train")
@@ -117,7 +126,7 @@ def run(cfg: ShreConfig) -> List[dict]:
     cfg.text.vocab_size = tokenizer.vocab_size
     teacher = build_teacher(cfg.teacher, cfg.data)
     cfg.head_classes = teacher_classes(teacher, cfg.data.image_size)
-    out_dir = run_folder(cfg)
+    out_dir = run_folder(cfg, name)
     model = build_model(cfg, tokenizer.pad_id)
 
     stream = image_text_stream(train_source, train_transform(cfg.data.image_size, cfg.data.crop_scale,

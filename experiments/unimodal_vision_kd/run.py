@@ -24,6 +24,7 @@ reference rows. Rows go to ``results/unimodal_vision_kd/<run>.csv``.
     python experiments/unimodal_vision_kd/run.py                  # tiny preset (CPU, minutes)
     python experiments/unimodal_vision_kd/run.py preset=full      # the thesis setting (GPU)
     python experiments/unimodal_vision_kd/run.py train.steps=200 student.depth=1
+    SEEDS=3 python experiments/unimodal_vision_kd/run.py          # seeds 0, 1, 2 (vision_kd, vision_kd-seed1, ...)
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ from common.models.vision_student import (SharedEmbedConfig, VisionStudent, init
                                           pool_tokens, shared_embed_settings)
 from common.models.teachers import build_teacher, teacher_report
 from common.paths import runs_dir
+from common.sweep import seed_count, seed_runs
 from common.targets import layer_averaged_targets
 from common.train import fit
 
@@ -101,6 +103,7 @@ class VisionKdConfig:
     # label sets to fine-tune on: fine (CIFAR-100 / 100 synthetic classes), coarse (CIFAR-10 / 10)
     finetune_labels: List[str] = field(default_factory=lambda: ["fine"])
     finetune_untrained: bool = True  # also fine-tune the untrained student (a reference row)
+    seeds: int = 1  # runs with seeds train.seed, +1, ...; the SEEDS environment variable overrides it
 
 
 def build_model(cfg: VisionKdConfig, embed: Optional[ImageEmbed] = None) -> VisionStudent:
@@ -180,7 +183,13 @@ def kd_losses(model: nn.Module, teacher: Encoder, images: Tensor,
 
 # ---------------------------------------------------------------------------- the chapter
 def run(cfg: VisionKdConfig) -> List[dict]:
-    """Distil, validate, fine-tune; write and return the chapter's result rows."""
+    """Every seed's run (``seeds`` / ``SEEDS``); see :func:`common.sweep.seed_runs`."""
+    return [row for name, seeded in seed_runs(cfg, seed_count(cfg.seeds)) for row in run_seed(seeded, name)]
+
+
+def run_seed(cfg: VisionKdConfig, name: str) -> List[dict]:
+    """Distil, validate, fine-tune one seed in ``runs/unimodal_vision_kd/<name>/``; write and
+    return its result rows."""
     torch.manual_seed(cfg.train.seed)
     knn = KnnSets(cfg.data, cfg.knn, cfg.eval.batch_size)  # a missing dataset stops here
     train_images = ImageLabelSet(open_source(cfg.data, cfg.train_role),  # labels never read
@@ -190,7 +199,7 @@ def run(cfg: VisionKdConfig) -> List[dict]:
     cfg.shared_embed = shared_embed_settings(teacher.embed)
     model = build_model(cfg, embed=teacher.embed)
     init_student(cfg, model.image, teacher)
-    out_dir = run_folder(cfg)
+    out_dir = run_folder(cfg, name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher.to(device)
     model.to(device).eval()
@@ -226,7 +235,7 @@ def run(cfg: VisionKdConfig) -> List[dict]:
     def finetune_rows(encoder: Encoder, name: str, row_meta: dict) -> List[dict]:
         return cifar_finetune_rows(cfg.data, encoder, {"full": cfg.finetune, "linear": cfg.linear_probe},
                                    cfg.finetune_modes, cfg.finetune_labels,
-                                   runs_dir(cfg.chapter, cfg.run, "finetune"), name, row_meta)
+                                   runs_dir(cfg.chapter, name, "finetune"), name, row_meta)
 
     tuned = finetune_rows(untrained, "untrained", untrained_meta) if untrained is not None else []
     tuned += finetune_rows(model.image, "distilled", meta)
