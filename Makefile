@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PRESET
 
-.PHONY: venv img2dataset test smoke-full bench exp-shre exp-vision-kd exp-ssa exp-itc exp-teachers exp-all compare figures clean-runs
+.PHONY: venv img2dataset test smoke-full bench exp-shre exp-vision-kd exp-ssa exp-itc exp-teachers exp-all reference findings readme-tables compare figures clean-runs
 
 venv: $(STAMP)
 
@@ -83,6 +83,23 @@ exp-all: $(STAMP)
 	$(PY) -m common.run_all $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 	$(MAKE) --no-print-directory compare
 	$(MAKE) --no-print-directory figures
+
+# The committed tiny reference results: three seeds of every run into results/reference/tiny/
+# (what the README result tables and make findings read), then the README tables regenerated.
+# Runs already in runs/ are evaluated again, not retrained.
+reference: $(STAMP)
+	MMKD_RESULTS=$(CURDIR)/results/reference/tiny SEEDS=3 $(PY) -m common.run_all $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
+	$(MAKE) --no-print-directory readme-tables
+	$(MAKE) --no-print-directory findings
+
+# Each thesis finding with its tiny evidence and a verdict (eval/findings.py); default: the
+# committed reference CSVs, ARGS="'results/*/*.csv'" for your own runs.
+findings: $(STAMP)
+	$(PY) -m eval.findings $(ARGS)
+
+# README result blocks regenerated from the committed CSVs (eval/readme_tables.py)
+readme-tables: $(STAMP)
+	$(PY) -m eval.readme_tables
 
 clean-runs:
 	rm -rf runs

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, List, Optional, Sequence
 
-from common.config import load_config
+from common.config import load_preset
 from common.paths import REPO_ROOT
 
 EXPERIMENTS = REPO_ROOT / "experiments"
@@ -76,10 +76,7 @@ class Chapter:
 
     def load_config(self, preset: str = "full", overrides: Sequence[str] = ()) -> Any:
         """``<preset>.yaml`` merged into the chapter's schema (with ``key=value`` overrides)."""
-        cfg = load_config(self.schema, self.preset_path(preset), overrides)
-        if "preset" in cfg:
-            cfg.preset = preset
-        return cfg
+        return load_preset(self.schema, self.folder, preset, overrides)
 
     def hook(self, name: str) -> Optional[Callable[..., Any]]:
         """A function ``name`` of ``run.py``, or None when the chapter does not define it."""

@@ -328,6 +328,10 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+# overrides that select or seed runs rather than change one (not recorded: rows have columns for them)
+UNRECORDED_OVERRIDES = ("only=", "seeds=", "train.seed=")
+
+
 def parse_cli(schema: Type[T], chapter_dir: str | os.PathLike,
               argv: Optional[Sequence[str]] = None) -> T:
     """Chapter entry point helper: ``run.py [preset=tiny|full] key=value ...``.
@@ -343,9 +347,20 @@ def parse_cli(schema: Type[T], chapter_dir: str | os.PathLike,
             preset = item.split("=", 1)[1]
         else:
             rest.append(item)
-    cfg = load_config(schema, Path(chapter_dir) / f"{preset}.yaml", rest)
+    return load_preset(schema, chapter_dir, preset, rest)
+
+
+def load_preset(schema: Type[T], chapter_dir: str | os.PathLike, preset: str,
+                overrides: Sequence[str] = ()) -> T:
+    """A chapter's ``<preset>.yaml`` merged into ``schema`` with ``key=value`` overrides; the
+    preset's name goes into ``cfg.preset`` and the overrides into ``cfg.overrides`` (what
+    the result rows record; the seed and the selection of runs have columns of their own)
+    where the schema has them."""
+    cfg = load_config(schema, Path(chapter_dir) / f"{preset}.yaml", overrides)
     if "preset" in cfg:
         cfg.preset = preset
+    if "overrides" in cfg:
+        cfg.overrides = [o for o in overrides if not o.startswith(UNRECORDED_OVERRIDES)]
     return cfg
 
 

@@ -40,7 +40,7 @@ RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 # (model, teacher, data, objective) would resume a checkpoint of a different experiment.
 RESUMABLE_SECTIONS = frozenset({"run", "train", "eval", "knn", "finetune", "linear_probe",
                                 "finetune_modes", "finetune_labels", "finetune_untrained",
-                                "variants", "only", "seeds"})
+                                "variants", "only", "seeds", "overrides"})
 
 
 def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
@@ -152,7 +152,8 @@ def run_meta(cfg: Any, model: nn.Module, *, model_name: str, teacher: str, steps
     params -= sum(p.numel() for p in momentum.parameters()) if momentum is not None else 0
     return {"chapter": cfg.chapter, "run": cfg.run, "model": model_name, "teacher": teacher,
             "preset": cfg.preset, "params_m": round(params / 1e6, 2),
-            "train_minutes": round(train_minutes, 2), "steps": steps, "seed": cfg.train.seed}
+            "train_minutes": round(train_minutes, 2), "steps": steps, "seed": cfg.train.seed,
+            "overrides": " ".join(getattr(cfg, "overrides", None) or [])}
 
 
 def write_rows(chapter: str, run: str, rows: Sequence[Dict[str, Any]]) -> Path:

@@ -20,7 +20,7 @@ from common.data.datasets import DataSource, ImageLabelSet
 from common.data.sources import dataset_name, open_source
 from common.data.transforms import eval_transform
 from common.evaluation import embed_images
-from common.retrieval import knn_topk_accuracies
+from common.retrieval import embedding_spread, knn_topk_accuracies
 
 
 REVERSE_NOTE = "test split as bank, train split as queries"
@@ -88,7 +88,9 @@ class KnnSets:
     @torch.no_grad()
     def metrics(self, encode_image: Callable[[Tensor], Tensor],
                 device: torch.device) -> Dict[str, float]:
-        """kNN top-1/top-3 (percent) of ``encode_image`` for every label set and direction."""
+        """kNN top-1/top-3 (percent) of ``encode_image`` for every label set and direction,
+        and the spread of the bank's embeddings (``<key>_mean_cos``, ``<key>_var_frac``:
+        :func:`common.retrieval.embedding_spread`)."""
         embedded: Dict[Hashable, Tuple[Tensor, Tensor]] = {}
         out = {}
         for key, sets in self.sets.items():
@@ -97,6 +99,8 @@ class KnnSets:
                     embed_images(encode_image, images, device, self.batch_size,
                                  self.num_workers)[0] for images in (sets.bank, sets.queries))
             bank, queries = embedded[sets.images]
+            spread = embedding_spread(bank)
+            out[f"{key}_mean_cos"], out[f"{key}_var_frac"] = (round(spread[k], 4) for k in ("mean_cos", "var_frac"))
             for name, acc in knn_topk_accuracies(queries, sets.query_labels, bank,
                                                  sets.bank_labels).items():
                 out[f"{key}_{name}"] = round(acc, 2)
@@ -106,11 +110,12 @@ class KnnSets:
         return out
 
     def rows(self, metrics: Dict[str, float], meta: dict) -> List[dict]:
-        """Result rows: per label set, bank->queries and the reverse."""
+        """Result rows: per label set, bank->queries (with the bank's spread) and the reverse."""
         rows = []
         for key, name in self.names.items():
             rows.append({**meta, "dataset": name, "knn_top1": metrics[f"{key}_top1"],
-                         "knn_top3": metrics[f"{key}_top3"]})
+                         "knn_top3": metrics[f"{key}_top3"], "emb_mean_cos": metrics.get(f"{key}_mean_cos"),
+                         "emb_var_frac": metrics.get(f"{key}_var_frac")})
             rows.append({**meta, "dataset": f"{name} (reverse)",
                          "knn_top1": metrics[f"{key}_rev_top1"],
                          "knn_top3": metrics[f"{key}_rev_top3"],

@@ -83,6 +83,8 @@ class MultimodalChapterConfig:
     variants: List[Variant] = field(default_factory=list)
     only: List[str] = field(default_factory=list)  # run only these variants (by name)
     seeds: int = 1  # seeds per trained variant; the SEEDS environment variable overrides it
+    # the key=value overrides it was started with (recorded in the result rows)
+    overrides: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -37,11 +37,16 @@ COLUMNS: tuple[str, ...] = (
     "i2t_mean_recall", "t2i_mean_recall",
     # mean cosine of matching / non-matching pairs after the modality encoders and the shared blocks
     "cos_pos_encoder", "cos_neg_encoder", "cos_pos_shared", "cos_neg_shared",
+    # spread of an image embedding over the kNN bank: mean cosine between different images and
+    # the share of its energy that varies across images (common.retrieval.embedding_spread)
+    "emb_mean_cos", "emb_var_frac",
     "params_m", "train_minutes", "steps", "seed",
-    "git_sha", "timestamp", "reference", "notes",
+    "git_sha", "timestamp", "reference",
+    # the key=value overrides the run was started with (command line, then its variant's)
+    "overrides", "notes",
 )
 TEXT_COLUMNS = ("chapter", "run", "model", "teacher", "preset", "dataset", "git_sha", "timestamp",
-                "notes")
+                "overrides", "notes")
 
 
 @functools.lru_cache(maxsize=1)

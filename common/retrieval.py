@@ -231,6 +231,28 @@ def pair_cosines(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor) ->
     return {"pos": positive.mean().item(), "neg": ((total - positive.sum()) / max(1, n_neg)).item()}
 
 
+def embedding_spread(emb: Tensor) -> Dict[str, float]:
+    """How much of a set of embeddings is the same for every item (a collapse diagnostic).
+
+    A distillation target that is nearly one vector for every image teaches a student to
+    output that vector (chapter 5). ``mean_cos`` is the mean cosine similarity over the
+    ``N * (N - 1)`` pairs of different items, from the sum of the unit rows
+    (``(|sum u|^2 - N) / (N (N - 1))``, no N x N matrix); ``var_frac`` is the share of the
+    mean squared norm that varies across items, ``mean |x - mean x|^2 / mean |x|^2``
+    (0: one vector for all, 1: centred).
+    """
+    x = emb.detach().to(torch.float64)  # N x D
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"embedding_spread needs at least 2 embeddings, got {n}")
+    unit = _unit_rows("embeddings", x, torch.float64)
+    total = unit.sum(0)  # D
+    mean_cos = (total @ total - n) / (n * (n - 1))
+    square = (x * x).sum(-1).mean()
+    centred = ((x - x.mean(0)) ** 2).sum(-1).mean()
+    return {"mean_cos": mean_cos.item(), "var_frac": (centred / square).item() if square > 0 else 0.0}
+
+
 def knn_topk_accuracies(query_emb: Tensor, query_labels: Tensor, bank_emb: Tensor,
                         bank_labels: Tensor, ks: Sequence[int] = (1, 3),
                         chunk_size: int = 256) -> Dict[str, float]:

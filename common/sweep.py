@@ -75,6 +75,8 @@ def expand(cfg: Any, variants: Sequence[Variant], only: Sequence[str] = (),
                               f"use one of {KINDS}")
         base = apply_overrides(cfg, list(variant.overrides), f"variant '{variant.name}'")
         base.run = variant.name
+        if "overrides" in base:
+            base.overrides = [*cfg.overrides, *variant.overrides]
         runs = 1 if variant.kind == "unimodal_pair" else seeds  # nothing random is trained
         for k in range(runs):
             seeded = apply_overrides(base, [f"train.seed={cfg.train.seed + k}"], "seeds")

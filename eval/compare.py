@@ -122,6 +122,14 @@ def _label(value: Any) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
+    text = build(argv)
+    print(text)
+    return text
+
+
+def build(argv: Optional[Sequence[str]] = None) -> str:
+    """The table ``python -m eval.compare <argv>`` prints (also what README result blocks
+    hold, :mod:`eval.readme_tables`)."""
     p = argparse.ArgumentParser(prog="python -m eval.compare", description=__doc__.splitlines()[0],
                                 epilog="\n".join(__doc__.splitlines()[-3:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,9 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     if df.empty or not metrics:
         raise UserError("no result rows to compare: run a chapter (e.g. make exp-shre) or an "
                         "eval CLI first, or check the CSV paths and --where filters")
-    text = render(aggregate(df, args.by, metrics), args.by, metrics, args.format)
-    print(text)
-    return text
+    return render(aggregate(df, args.by, metrics), args.by, metrics, args.format)
 
 
 if __name__ == "__main__":

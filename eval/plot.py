@@ -284,7 +284,8 @@ def teacher_comparison(df: pd.DataFrame, out: Path) -> List[Path]:
                                                ("t2i_mean_recall", "s", "#a63603", "text→image")):
                 ax.errorbar(xs[judged], sel.loc[judged, key], yerr=sel.loc[judged, f"{key}_std"].fillna(0),
                             fmt=marker, color=colour, label=label, capsize=3)
-            for xv, yv, name in zip(xs[judged], sel.loc[judged, "i2t_mean_recall"], names[judged]):
+            # a teacher may train several students (e.g. raw and standardised targets): name the run
+            for xv, yv, name in zip(xs[judged], sel.loc[judged, "i2t_mean_recall"], sel.loc[judged, "run"]):
                 ax.annotate(name, (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel(f"{TEACHER_QUALITY[column]}, {quality_set}")
             ax.margins(x=0.15)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from common.errors import DataError
-from common.retrieval import (image_text_ranks, knn_accuracy, knn_topk_accuracies, matching_ranks,
+from common.retrieval import (embedding_spread, image_text_ranks, knn_accuracy, knn_topk_accuracies, matching_ranks,
                               percent_hits, retrieval_recall)
 
 
@@ -103,6 +103,18 @@ def test_rejects_inconsistent_caption_ids_and_nan():
 # bank at 0 (A), 10 (B), 20 (B), 90 (A), 180 (C) degrees
 BANK = torch.tensor([at(0), at(10, 2.0), at(20), at(90, 0.1), at(180)])
 BANK_LABELS = torch.tensor([0, 1, 1, 0, 2])
+
+
+def test_embedding_spread_hand_case():
+    # (1, 0), (0, 1), (1, 1): cosines 0, 1/sqrt2, 1/sqrt2 -> mean sqrt2/3; squared norms 1, 1, 2
+    # (mean 4/3), mean (2/3, 2/3): deviations 1/9+4/9, 4/9+1/9, 1/9+1/9 -> mean 4/9; 4/9 / 4/3 = 1/3
+    spread = embedding_spread(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    assert spread["mean_cos"] == pytest.approx(math.sqrt(2) / 3)
+    assert spread["var_frac"] == pytest.approx(1 / 3)
+    collapsed = embedding_spread(torch.tensor([[2.0, 1.0]] * 4))  # one vector for every item
+    assert collapsed["mean_cos"] == pytest.approx(1.0) and collapsed["var_frac"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        embedding_spread(torch.ones(1, 3))
 
 
 def test_knn_hand_case():

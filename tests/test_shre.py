@@ -52,6 +52,21 @@ def test_tiny_run_writes_result_rows_and_resumes_without_retraining():
     assert len(pd.read_csv(csv)) == 4
 
 
+def test_seeds_run_into_their_own_folders_and_rows_record_the_overrides(monkeypatch):
+    monkeypatch.setenv("SEEDS", "2")
+    rows = shre.run(parse_cli(shre.ShreConfig, CHAPTER, FEW_STEPS + ["run=seeded", "train.seed=3"]))
+    assert sorted({r["seed"] for r in rows}) == [3, 4]
+    runs = Path(os.environ["MMKD_RUNS"]) / "shre"
+    assert (runs / "seeded" / "config.yaml").is_file()  # the first seed keeps the run's folder
+    assert "seed: 4" in (runs / "seeded-seed4" / "config.yaml").read_text()
+    df = pd.read_csv(Path(os.environ["MMKD_RESULTS"]) / "shre" / "seeded.csv")
+    by_seed = df[(df["model"] == "SHRe") & (df["dataset"] == "syn-coco")].set_index("seed")
+    assert by_seed.loc[3, "i2t_r10"] != by_seed.loc[4, "i2t_r10"] or \
+        by_seed.loc[3, "t2i_r10"] != by_seed.loc[4, "t2i_r10"]  # two trainings, not one twice
+    # what the run was started with, less the seed (a column) and nothing the chapter filled in
+    assert set(df["overrides"]) == {" ".join(FEW_STEPS + ["run=seeded"])}
+
+
 def test_shre_losses_are_finite_and_use_the_teacher_for_both_modalities():
     import torch
     from torch import nn

@@ -33,8 +33,9 @@ def test_tiny_run_all_variants_and_rebuild_from_config(monkeypatch):
     monkeypatch.delenv("SEEDS", raising=False)
     rows = ssa.run(parse_cli(ssa.SsaConfig, CHAPTER, FEW_STEPS))
     df = pd.read_csv(Path(os.environ["MMKD_RESULTS"]) / "separate_self_attention" / "ssa.csv")
-    assert list(df.columns) == list(COLUMNS) and len(df) == len(rows) == 8
-    assert list(dict.fromkeys(df["run"])) == ["mm-d2v2", "mm-d2v2-7", "mm-d2v2-7_2", "unimodal-pair"]
+    assert list(df.columns) == list(COLUMNS) and len(df) == len(rows) == 12
+    assert list(dict.fromkeys(df["run"])) == ["mm-d2v2", "mm-d2v2-7", "mm-d2v2-7_2", "unimodal-pair",
+                                               "mm-d2v2-raw", "mm-d2v2-cnn"]
     assert sorted(set(df["dataset"])) == ["syn-coco", "syn-flickr"]
     by_run = df[df["dataset"] == "syn-coco"].set_index("run")
     # one more specific block adds two blocks (one per modality), one more shared block adds one
@@ -43,7 +44,11 @@ def test_tiny_run_all_variants_and_rebuild_from_config(monkeypatch):
     pair = by_run.loc["unimodal-pair"]
     assert pair["steps"] == 0 and pair["teacher"] == "none" and pair["params_m"] < base
     trained = df[df["run"] != "unimodal-pair"]
-    assert (trained["steps"] == 3).all() and (trained["teacher"] == "tiny-cnn").all()
+    assert (trained["steps"] == 3).all()
+    # label-free by default; the supervised CNN is the one labelled comparison row
+    assert dict(trained.groupby("run")["teacher"].first()) == {
+        "mm-d2v2": "tiny-clr", "mm-d2v2-7": "tiny-clr", "mm-d2v2-7_2": "tiny-clr",
+        "mm-d2v2-raw": "tiny-clr", "mm-d2v2-cnn": "tiny-cnn"}
     for _, row in df.iterrows():
         assert row["i2t_mean_recall"] == pytest.approx((row["i2t_r1"] + row["i2t_r5"] + row["i2t_r10"]) / 3)
         for col in ["cos_pos_encoder", "cos_neg_encoder", "cos_pos_shared", "cos_neg_shared"]:
@@ -53,7 +58,8 @@ def test_tiny_run_all_variants_and_rebuild_from_config(monkeypatch):
     # the eval CLIs' contract: config.yaml of a run folder + the chapter's build_model + weights
     folder = Path(os.environ["MMKD_RUNS"]) / "separate_self_attention" / "mm-d2v2-7_2-seed0"
     loaded = load_run(folder)
-    assert loaded.cfg.shared.depth == 2 and loaded.cfg.head.target_dim == 128  # tiny CNN at width 0.25
+    assert loaded.cfg.shared.depth == 2 and loaded.cfg.head.target_dim == 128  # tiny-clr's CLS
+    assert loaded.cfg.head.kd_target == "batch"
     assert loaded.step == 3 and loaded.model_name == "MM-D2V2 7_2 (2+2)"
     assert loaded.model.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 128)
     assert '"kd_text"' in (folder / "metrics.jsonl").read_text()

@@ -56,7 +56,7 @@ def test_nothing_to_train_is_refused_before_training():
     assert not (Path(os.environ["MMKD_RUNS"]) / "teacher_comparison").exists()
 
 
-@pytest.mark.slow  # four tiny teacher bootstraps (3 steps each) + five 3-step students: ~1 min
+@pytest.mark.slow  # four tiny teacher bootstraps (3 steps each) + eight 3-step students: ~1 min
 def test_tiny_run_every_teacher_writes_teacher_and_student_rows_and_the_figure(monkeypatch, tmp_path):
     monkeypatch.delenv("SEEDS", raising=False)
     rows = teachers.run(parse_cli(teachers.TeacherComparisonConfig, CHAPTER, FEW_STEPS))
@@ -65,16 +65,22 @@ def test_tiny_run_every_teacher_writes_teacher_and_student_rows_and_the_figure(m
     judged = df[df["model"].str.startswith("teacher:")]
     # four teachers judged by kNN on both label sets, both directions; no row for "none"
     assert sorted(set(judged["teacher"])) == ["tiny-clr", "tiny-cnn", "tiny-d2v", "tiny-dino"]
-    assert len(judged) == 4 * 4 and judged["knn_top1"].between(0, 100).all()
+    # every run with a teacher judges it (7 of the 8 variants), 4 rows each
+    assert len(judged) == 7 * 4 and judged["knn_top1"].between(0, 100).all()
     assert sorted(set(judged["dataset"])) == ["syn-knn10", "syn-knn10 (reverse)", "syn-knn100",
                                               "syn-knn100 (reverse)"]
+    forward = judged[~judged["dataset"].str.contains("reverse")]  # with the bank's spread
+    assert forward["emb_mean_cos"].between(-1, 1).all() and forward["emb_var_frac"].between(0, 1).all()
     students = df[~df["model"].str.startswith("teacher:")]
-    assert len(students) == len(rows) == 5 * 3  # COCO-like, Flickr-like, zero-shot per teacher
+    assert len(students) == len(rows) == 8 * 3  # COCO-like, Flickr-like, zero-shot per variant
     assert list(dict.fromkeys(students["run"])) == ["tiny-d2v", "tiny-dino", "tiny-clr", "tiny-cnn",
-                                                     "no-teacher"]
+                                                     "no-teacher", "tiny-d2v-raw", "tiny-dino-raw",
+                                                     "tiny-clr-raw"]
     assert set(students[students["run"] == "no-teacher"]["teacher"]) == {"none"}
+    assert set(students[students["run"].str.endswith("-raw")]["overrides"].str.split().str[-1]) == {
+        "head.kd_target=raw"}  # the variant's overrides are recorded after the command line's
     zs = students[students["dataset"] == "syn-imagenet"]
-    assert len(zs) == 5 and zs["zs_top1"].between(0, 100).all()
+    assert len(zs) == 8 and zs["zs_top1"].between(0, 100).all()
     coco = students[students["dataset"] == "syn-coco"]
     assert coco["i2t_r1"].notna().all() and coco["t2i_mean_recall"].notna().all()
 

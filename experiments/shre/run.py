@@ -71,6 +71,8 @@ class ShreConfig:
     kd_weight: float = 1.0
     itc_weight: float = 1.0
     seeds: int = 1  # runs with seeds train.seed, +1, ...; the SEEDS environment variable overrides it
+    # the key=value overrides it was started with (recorded in the result rows)
+    overrides: List[str] = field(default_factory=list)
 
 
 def build_model(cfg: ShreConfig, pad_id: int) -> DualEncoder:

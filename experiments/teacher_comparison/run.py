@@ -78,14 +78,14 @@ def teacher_rows(cfg: TeacherComparisonConfig, teacher: nn.Module) -> List[dict]
     return knn.rows(metrics, meta)
 
 
-def run_variant(variant: Variant, cfg: TeacherComparisonConfig, results_file: str,
-                judge_teacher: bool) -> List[dict]:
-    """Judge the variant's teacher (``judge_teacher``: once per teacher, it does not change
-    with the student's seed), then train and evaluate the student; both sets of rows are
-    written together once the student is evaluated."""
+def run_variant(variant: Variant, cfg: TeacherComparisonConfig, results_file: str) -> List[dict]:
+    """Judge the variant's teacher (a few seconds; every seed's run has its teacher rows, so
+    one seed run on its own, as ``make exp-all`` runs them, writes what the chapter's loop
+    writes), then train and evaluate the student; both sets of rows are written together
+    once the student is evaluated."""
     torch.manual_seed(cfg.train.seed)
     evals, tokenizer, teacher = prepare_distillation(cfg)  # fills vocab size and teacher width
-    judged = teacher_rows(cfg, teacher) if teacher is not None and judge_teacher else []
+    judged = teacher_rows(cfg, teacher) if teacher is not None else []
     model = build_model(cfg, tokenizer.pad_id)
     return train_multimodal(
         cfg, model, lambda m, batch: alignment_losses(m, teacher, batch, cfg.align, cfg.align_weight,
@@ -98,8 +98,7 @@ def run(cfg: TeacherComparisonConfig) -> List[dict]:
     runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds))  # bad overrides fail here
     for variant, vcfg in runs:
         check_alignment(variant.name, vcfg.align, vcfg.head.proj, has_teacher=vcfg.teacher.name != NO_TEACHER)
-    rows = [row for variant, vcfg in runs
-            for row in run_variant(variant, vcfg, cfg.run, judge_teacher=vcfg.train.seed == cfg.train.seed)]
+    rows = [row for variant, vcfg in runs for row in run_variant(variant, vcfg, cfg.run)]
     log.info("results:\n%s", markdown_table(rows, TABLE))
     return rows
 

@@ -104,6 +104,8 @@ class VisionKdConfig:
     finetune_labels: List[str] = field(default_factory=lambda: ["fine"])
     finetune_untrained: bool = True  # also fine-tune the untrained student (a reference row)
     seeds: int = 1  # runs with seeds train.seed, +1, ...; the SEEDS environment variable overrides it
+    # the key=value overrides it was started with (recorded in the result rows)
+    overrides: List[str] = field(default_factory=list)
 
 
 def build_model(cfg: VisionKdConfig, embed: Optional[ImageEmbed] = None) -> VisionStudent:
