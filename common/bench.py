@@ -11,8 +11,8 @@
   decode, uint8 out, normalised on the device), and their ratio, on JPEGs it writes;
 - training, ``--preset tiny`` (CPU): steps/s, samples/s and peak memory of the SHRe
   chapter's tiny training step;
-- training, ``--preset full`` (needs a CUDA GPU): for every chapter whose ``run.py`` defines
-  ``bench_case(cfg)`` (:class:`BenchCase`), its ``full.yaml`` model at the preset's batch
+- training, ``--preset full`` (needs a CUDA GPU): for every chapter that declares a ``bench``
+  (``CHAPTER = Declaration(..., bench=cfg -> BenchCase)``), its ``full.yaml`` model at the preset's batch
   size on synthetic inputs of the real shapes: steps/s, samples/s, peak GPU memory and
   model-FLOPs utilisation (FLOPs of one step counted by ``FlopCounterMode``, against the
   GPU's dense bf16 peak from :data:`PEAK_TFLOPS` or ``$MMKD_PEAK_TFLOPS``). Plain AdamW
@@ -60,7 +60,7 @@ AMP_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 @dataclass
 class BenchCase:
-    """One chapter's training step, as a chapter's ``bench_case(cfg)`` hook returns it."""
+    """One chapter's training step, as a chapter's declared ``bench(cfg)`` returns it."""
 
     model: nn.Module  # what trains (AdamW over its trainable parameters)
     loss: Callable[[nn.Module, Dict[str, Tensor]], Tensor]  # (model, batch) -> scalar loss
@@ -310,19 +310,20 @@ def bench_train_tiny(steps: int, device: str) -> Dict[str, float]:
 
 
 def bench_chapter(name: str, steps: int, overrides: Sequence[str] = (), device: str = "cuda") -> Dict[str, float]:
-    """The ``full.yaml`` training step of chapter ``name`` (through its ``bench_case`` hook)."""
+    """The ``full.yaml`` training step of chapter ``name`` (its declaration's ``bench``)."""
     ch = chapter(name)
     cfg = ch.load_config("full", overrides)
-    case = ch.hook("bench_case")(cfg)
+    case = ch.declaration.bench(cfg)
     return {"chapter": name, **measure(case, steps, device, AMP_DTYPES[cfg.train.precision])}
 
 
 def benchable_chapters() -> List[str]:
-    """Chapters with a ``full.yaml`` and a ``bench_case`` hook in their ``run.py``."""
+    """Chapters with a ``full.yaml`` whose declaration has a ``bench``."""
     names = []
     for ch in chapters("full"):
-        if ch.hook("bench_case") is None:
-            log.info("chapter %s defines no bench_case(cfg) in run.py: not benchmarked", ch.name)
+        if ch.declaration.bench is None:
+            log.info("chapter %s declares no bench (CHAPTER = Declaration(bench=...)): not benchmarked",
+                     ch.name)
         else:
             names.append(ch.name)
     return names

@@ -5,7 +5,7 @@ them here rather than keeping their own lists, so a new chapter plugs in by exis
 chapter's ``run.py`` declares itself with ``CHAPTER = Declaration(config=..., build_model=...)``:
 its config dataclass (the schema of its ``tiny.yaml`` / ``full.yaml``) and how to build its
 untrained model from a config and a tokenizer (what ``eval/`` rebuilds before loading a
-checkpoint). It may also define hooks such as ``bench_case(cfg)`` (see :mod:`common.bench`).
+checkpoint), and optionally its training step for ``make bench`` (``bench``, see :mod:`common.bench`).
 Chapter scripts are files, not a package, so they are imported by path under
 ``mmkd_chapter_<folder>``.
 """
@@ -33,6 +33,9 @@ class Declaration:
 
     config: type
     build_model: Callable[[Any, Any], Any]
+    # ``make bench PRESET=full``: cfg (the full preset) -> common.bench.BenchCase, the chapter's
+    # training step at the preset's size with random weights; None: not benchmarked
+    bench: Optional[Callable[[Any], Any]] = None
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,6 @@ class Chapter:
     def load_config(self, preset: str = "full", overrides: Sequence[str] = ()) -> Any:
         """``<preset>.yaml`` merged into the chapter's schema (with ``key=value`` overrides)."""
         return load_preset(self.schema, self.folder, preset, overrides)
-
-    def hook(self, name: str) -> Optional[Callable[..., Any]]:
-        """A function ``name`` of ``run.py``, or None when the chapter does not define it."""
-        fn = getattr(self.module, name, None)
-        return fn if callable(fn) else None
 
 
 def chapters(preset: Optional[str] = None, root: Path = EXPERIMENTS) -> List[Chapter]:

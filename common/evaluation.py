@@ -1,4 +1,4 @@
-"""Evaluate an aligned image/text model: zero-shot retrieval, zero-shot classification, kNN.
+"""Evaluate an aligned image/text model: zero-shot retrieval and classification (kNN: :mod:`common.knn`).
 
 Chapters call these during training (``fit``'s ``evaluate`` callback) and at the end, and
 the ``eval/`` CLIs call them on saved checkpoints, so every number in every CSV comes from
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from common.data.datasets import RetrievalSet
 from common.data.transforms import to_model_input
 from common.data.tokenizer import Tokenizer
-from common.retrieval import knn_topk_accuracies, retrieval_recall
+from common.retrieval import retrieval_recall
 from common.zero_shot import zero_shot_accuracy, zero_shot_classifier
 
 
@@ -138,21 +138,3 @@ def zero_shot_metrics(model: ImageTextModel, dataset: Dataset, classnames: Seque
     images, labels = embed_images(model.encode_image, dataset, device, batch_size, num_workers)
     acc = zero_shot_accuracy(images, labels, classifier, ks=(1, 5))
     return {"zs_top1": acc["top1"], "zs_top5": acc["top5"]}
-
-
-def knn_metrics(encode_image: Callable[[Tensor], Tensor], bank: Dataset, queries: Dataset,
-                device: torch.device, ks: Sequence[int] = (1, 3), prefix: str = "knn",
-                batch_size: int = 256, num_workers: int = 0,
-                reverse: bool = True) -> Dict[str, float]:
-    """kNN retrieval accuracy (percent): queries against the bank (``{prefix}_top{k}``) and,
-    with ``reverse``, the bank as queries against the queries (``{prefix}_rev_top{k}``), as
-    the thesis validates on CIFAR (train as bank / test as queries, and the reverse)."""
-    bank_emb, bank_labels = embed_images(encode_image, bank, device, batch_size, num_workers)
-    query_emb, query_labels = embed_images(encode_image, queries, device, batch_size, num_workers)
-    # knn_topk_accuracies names its entries "top{k}" already
-    out = {f"{prefix}_{name}": v for name, v in
-           knn_topk_accuracies(query_emb, query_labels, bank_emb, bank_labels, ks).items()}
-    if reverse:
-        out.update({f"{prefix}_rev_{name}": v for name, v in
-                    knn_topk_accuracies(bank_emb, bank_labels, query_emb, query_labels, ks).items()})
-    return out

@@ -37,10 +37,9 @@ RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 
 # Top-level config sections a continued run may change: how it goes on training (``fit``
 # warns about changed train settings), how it is evaluated, and bookkeeping. Any other change
-# (model, teacher, data, objective) would resume a checkpoint of a different experiment.
-RESUMABLE_SECTIONS = frozenset({"run", "train", "eval", "knn", "finetune", "linear_probe",
-                                "finetune_modes", "finetune_labels", "finetune_untrained",
-                                "variants", "only", "seeds", "overrides"})
+# (model, teacher, data, objective) would resume a checkpoint of a different experiment. A
+# chapter adds its own evaluation sections as ``RESUMABLE_SECTIONS`` of its config class.
+RESUMABLE_SECTIONS = frozenset({"run", "train", "eval", "variants", "only", "seeds", "overrides"})
 
 
 def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
@@ -53,12 +52,13 @@ def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def config_changes(saved: Any, current: Any) -> List[str]:
+def config_changes(saved: Any, current: Any, resumable: Iterable[str] = ()) -> List[str]:
     """``["model.image.dim: 128 -> 256", ...]``: settings outside :data:`RESUMABLE_SECTIONS`
-    that differ between two configs (OmegaConf objects or dicts)."""
+    and ``resumable`` that differ between two configs (OmegaConf objects or dicts)."""
     old, new = (_flat(OmegaConf.to_container(OmegaConf.create(c), resolve=True))
                 for c in (saved, current))
-    keys = sorted(k for k in set(old) | set(new) if k.split(".")[0] not in RESUMABLE_SECTIONS)
+    free = RESUMABLE_SECTIONS | set(resumable)
+    keys = sorted(k for k in set(old) | set(new) if k.split(".")[0] not in free)
     return [f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}"
             for k in keys if old.get(k, "<unset>") != new.get(k, "<unset>")]
 
@@ -73,7 +73,8 @@ def run_folder(cfg: Any, name: Optional[str] = None) -> Path:
     folder = runs_dir(cfg.chapter, name or cfg.run)
     saved = folder / "config.yaml"
     if saved.is_file() and list_checkpoints(folder):
-        changes = config_changes(_in_schema(OmegaConf.load(saved), cfg), cfg)
+        chapter_sections = getattr(OmegaConf.get_type(cfg), "RESUMABLE_SECTIONS", ())
+        changes = config_changes(_in_schema(OmegaConf.load(saved), cfg), cfg, chapter_sections)
         if changes:
             more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
             raise UserError(f"{folder} holds a run trained with other settings "

@@ -159,22 +159,28 @@ def alignment_losses(model: nn.Module, teacher: Optional[nn.Module], batch: Dict
     return {"loss": loss, **terms}
 
 
-def alignment_bench_case(cfg: Any, build_model: Callable[[Any, int], nn.Module],
-                         align: str = "none", align_weight: float = 1.0,
-                         cos_margin: float = 0.0) -> BenchCase:
-    """``make bench PRESET=full`` for a chapter trained by :func:`alignment_losses`: its
-    training step at the preset's size with random weights (nothing to download) and a
-    teacher of ``teacher.encoder``'s architecture (ViT-B/16)."""
-    cfg.image.init = cfg.text.init = ""
-    teacher = build_image_encoder(cfg.teacher.encoder)
-    cfg.head.target_dim = teacher.dim
-    batch = synthetic_image_text_batch(cfg.train.batch_size, cfg.data.image_size,
-                                       cfg.data.max_text_len, cfg.text.vocab_size)
+def alignment_bench(build_model: Callable[[Any, int], nn.Module]) -> Callable[[Any], BenchCase]:
+    """A chapter's ``bench`` (``make bench PRESET=full``) for a chapter trained by
+    :func:`alignment_losses` with its config's ``align`` / ``align_weight`` / ``cos_margin``
+    (distillation alone where the config has none): the training step at the preset's size
+    with random weights (nothing to download) and a teacher of ``teacher.encoder``'s
+    architecture (ViT-B/16)."""
 
-    def loss(model: nn.Module, b: Dict[str, Tensor]) -> Tensor:
-        return alignment_losses(model, teacher, b, align, align_weight, cos_margin)["loss"]
+    def bench(cfg: Any) -> BenchCase:
+        cfg.image.init = cfg.text.init = ""
+        teacher = build_image_encoder(cfg.teacher.encoder)
+        cfg.head.target_dim = teacher.dim
+        batch = synthetic_image_text_batch(cfg.train.batch_size, cfg.data.image_size,
+                                           cfg.data.max_text_len, cfg.text.vocab_size)
+        align = getattr(cfg, "align", "none")
+        weight, margin = getattr(cfg, "align_weight", 1.0), getattr(cfg, "cos_margin", 0.0)
 
-    return BenchCase(build_model(cfg, 1), loss, batch, frozen=[teacher])
+        def loss(model: nn.Module, b: Dict[str, Tensor]) -> Tensor:
+            return alignment_losses(model, teacher, b, align, weight, margin)["loss"]
+
+        return BenchCase(build_model(cfg, 1), loss, batch, frozen=[teacher])
+
+    return bench
 
 
 # ---------------------------------------------------------------------------- one run: train, evaluate, write rows

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from common import evaluation
 from common.data.transforms import to_model_input
-from common.evaluation import embed_images, embed_texts, eval_loader, knn_metrics
+from common.evaluation import embed_images, embed_texts, eval_loader
 
 
 class Points(Dataset):
@@ -22,13 +22,6 @@ class Points(Dataset):
 
     def __getitem__(self, i):
         return {"image": torch.nn.functional.one_hot(self.labels[i], 3).float(), "label": self.labels[i]}
-
-
-def test_knn_metrics_keys_and_perfect_separation():
-    bank, queries = Points([0, 1, 2, 0, 1, 2]), Points([2, 1, 0])
-    out = knn_metrics(lambda x: x, bank, queries, torch.device("cpu"), ks=(1, 3), batch_size=2)
-    assert set(out) == {"knn_top1", "knn_top3", "knn_rev_top1", "knn_rev_top3"}
-    assert all(v == 100.0 for v in out.values())
 
 
 def test_embed_images_keeps_order_and_labels():

@@ -65,3 +65,18 @@ def test_a_run_saved_before_a_setting_existed_continues(tmp_path):
     cfg.teacher.clr.temperature = 0.5
     with pytest.raises(UserError, match=r"teacher.clr.temperature: 0.2 -> 0.5"):
         run_folder(cfg)
+
+
+def test_a_chapter_declares_which_of_its_sections_a_continued_run_may_change():
+    """Chapter 1 may change how its student is validated and fine-tuned (its config's
+    RESUMABLE_SECTIONS); another chapter's run may not change a section it has not declared."""
+    from common.chapters import chapter
+
+    kd = chapter("unimodal_vision_kd").load_config("tiny")
+    folder = _with_checkpoint(kd)
+    kd.finetune.train.steps, kd.knn.bank_size = 7, 100
+    assert run_folder(kd) == folder
+    kd.student.depth += 1
+    with pytest.raises(UserError, match=r"student.depth: 2 -> 3"):
+        run_folder(kd)
+    assert config_changes(_cfg(), _cfg(knn__bank_size=100)) == ["knn.bank_size: <unset> -> 100"]

@@ -2,7 +2,6 @@
 reference CSVs."""
 import math
 
-import pandas as pd
 import pytest
 
 from eval import findings as F

@@ -33,7 +33,8 @@ from common.errors import DataError
 from common.fixtures import (OWT_DOCS, cifar_expected, write_cc3m, write_cifar_archives, write_coco,
                              write_flickr, write_gpt2_files, write_imagenet, write_openwebtext,
                              write_visual_genome)
-from common.evaluation import knn_metrics
+from common.evaluation import embed_images
+from common.retrieval import knn_accuracy
 from common.knn import KnnConfig, KnnSets
 
 
@@ -136,7 +137,9 @@ def test_knn_coarse_rows_use_the_cifar10_images_as_a_direct_knn_does(root):
     for label, key in (("fine", "knn100"), ("coarse", "knn10")):
         bank, queries = (ImageLabelSet(open_source(data, role, label), eval_transform(32))
                          for role in ("knn_train", "knn_test"))
-        direct = knn_metrics(mean_colour, bank, queries, cpu, ks=(1, 3), prefix=key)
+        (b, b_labels), (q, q_labels) = (embed_images(mean_colour, s, cpu, 4) for s in (bank, queries))
+        direct = {f"{key}_top{k}": knn_accuracy(q, q_labels, b, b_labels, k) for k in (1, 3)}
+        direct.update({f"{key}_rev_top{k}": knn_accuracy(b, b_labels, q, q_labels, k) for k in (1, 3)})
         assert {k: got[k] for k in direct} == {k: round(v, 2) for k, v in direct.items()}
 
 def test_cifar_pickles_become_arrays_with_fine_and_coarse_roles(root):

@@ -55,13 +55,13 @@ from torch import Tensor, nn
 
 from common.config import ConfigError, DataConfig, TeacherConfig
 from common.data.datasets import ImageLabelSet, TrainStream
-from common.data.synthetic import CLASSNAMES, COARSE_CLASSNAMES, SyntheticWorld
-from common.data.transforms import eval_transform, to_model_input, train_transform
+from common.data.synthetic import SyntheticWorld
+from common.data.transforms import train_transform
 from common.losses import kd_mse_loss
 from common.models.ema import ema_update
 from common.models.encoder import Encoder, build_image_encoder
-from common.retrieval import knn_topk_accuracies
 from common.targets import layer_averaged_targets
+from common.tiny_teachers.report import knn_report, knn_sets, ssl_report
 from common.tiny_teachers.settings import D2VSettings
 from common.train import fit
 
@@ -230,8 +230,8 @@ def train_d2v(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Pat
         raise ConfigError(f"config error: unknown CLS objective '{settings.cls_objective}'; "
                           f"use one of {sorted(CLS_OBJECTIVES)}")
     world = SyntheticWorld.from_config(data)
-    eval_sets = knn_sets(world, data.image_size)
-    untrained = knn_report(model, *eval_sets)
+    knn = knn_sets(data)
+    untrained = knn_report(model, knn)
     train = TrainStream(ImageLabelSet(world.source("train"), train_transform(
         data.image_size, data.crop_scale, data.hflip)), seed=cfg.train.seed)
     with torch.random.fork_rng(devices=[]):  # the student starts as the teacher's copy
@@ -251,67 +251,5 @@ def train_d2v(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_dir: Pat
     result = fit(student, step_fn, train, cfg.train, out_dir, num_workers=data.num_workers,
                  frozen=[model], on_step_end=on_step_end)
     model.eval()
-    trained = knn_report(model, *eval_sets)
+    trained = knn_report(model, knn)
     return ssl_report(cfg.name, result, asdict(settings), trained, untrained)
-
-
-def ssl_report(recipe: str, result: Any, settings: Dict[str, Any], trained: Dict[str, float],
-               untrained: Dict[str, float]) -> Dict[str, Any]:
-    """The ``report.json`` of a label-free teacher: kNN accuracies after training, of the same
-    network untrained, and chance, so a reader sees at once whether the recipe learned."""
-    return {"recipe": recipe, "steps": result.step, "train_minutes": round(result.train_minutes, 2),
-            "settings": settings,
-            "knn": trained, "knn_untrained": untrained, "knn_chance": KNN_CHANCE,
-            "knn_gain_over_untrained": {k: round(trained[k] - untrained[k], 2) for k in trained},
-            "knn_bank": "knn_train", "knn_queries": "knn_test",
-            "num_classes": {"fine": len(CLASSNAMES), "coarse": len(COARSE_CLASSNAMES)}}
-
-
-# ---------------------------------------------------------------------------- report
-KNN_CHANCE = {f"{labels}_top{k}": round(100 * (1 - (1 - 1 / c) ** k), 2)
-              for labels, c in (("fine", len(CLASSNAMES)), ("coarse", len(COARSE_CLASSNAMES)))
-              for k in (1, 3)}  # any of k neighbours right by chance: 1 - (1 - 1/C)^k
-
-
-@torch.no_grad()
-def _render(world: SyntheticWorld, split: str, image_size: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """(images [N, 3, H, W], fine labels [N], coarse labels [N]) of a split, rendered once."""
-    fine = world.source(split)
-    coarse = world.source(split, label="coarse")
-    transform = eval_transform(image_size)
-    images = to_model_input(torch.stack([transform(fine.image(i)) for i in range(len(fine))]))
-    return (images, torch.tensor([fine.label(i) for i in range(len(fine))]),
-            torch.tensor([coarse.label(i) for i in range(len(coarse))]))
-
-
-def knn_sets(world: SyntheticWorld, image_size: int) -> Tuple[tuple, tuple]:
-    """The kNN bank (``knn_train``) and queries (``knn_test``), rendered once."""
-    return _render(world, "knn_train", image_size), _render(world, "knn_test", image_size)
-
-
-@torch.no_grad()
-def _features(model: Encoder, images: Tensor, batch_size: int = 500) -> Dict[str, Tensor]:
-    """CLS and mean-pooled patch tokens of the final layer: ``{"cls": [N, D], "mean": [N, D]}``."""
-    was_training = model.training
-    model.eval()
-    cls, mean = [], []
-    device = next(model.parameters()).device
-    for start in range(0, len(images), batch_size):
-        x = model(images[start:start + batch_size].to(device)).x  # b x (1+N) x D
-        cls.append(x[:, 0].float().cpu())
-        mean.append(x[:, 1:].mean(1).float().cpu())
-    model.train(was_training)
-    return {"cls": torch.cat(cls), "mean": torch.cat(mean)}
-
-
-def knn_report(model: Encoder, bank: tuple, queries: tuple) -> Dict[str, float]:
-    """kNN top-1/top-3 (percent) of CLS and mean-pooled patches, fine and coarse labels:
-    ``{"cls_fine_top1": .., "mean_coarse_top3": .., ...}``."""
-    bank_feats, query_feats = _features(model, bank[0]), _features(model, queries[0])
-    out: Dict[str, float] = {}
-    for pool in ("cls", "mean"):
-        for li, labels in ((1, "fine"), (2, "coarse")):
-            accs = knn_topk_accuracies(query_feats[pool], queries[li], bank_feats[pool], bank[li],
-                                       ks=(1, 3))  # embeddings computed once, scored per label set
-            out.update({f"{pool}_{labels}_{k}": round(v, 2) for k, v in accs.items()})
-    return out

@@ -59,7 +59,7 @@ from common.data.transforms import train_transform
 from common.data.views import TwoViews
 from common.models.encoder import Encoder
 from common.models.ema import ema_update
-from common.tiny_teachers.d2v import knn_report, knn_sets, ssl_report
+from common.tiny_teachers.report import knn_report, knn_sets, ssl_report
 from common.tiny_teachers.settings import DinoSettings
 from common.train import fit
 
@@ -156,8 +156,8 @@ def train_two_views(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_di
         raise ConfigError(f"config error: teacher.encoder.image_size={cfg.encoder.image_size} "
                           f"differs from data.image_size={data.image_size}; set them equal")
     world = SyntheticWorld.from_config(data)
-    eval_sets = knn_sets(world, data.image_size)
-    untrained = knn_report(model, *eval_sets)
+    knn = knn_sets(data)
+    untrained = knn_report(model, knn)
     views = TwoViews(world.source("train"), train_transform(
         data.image_size, (settings.crop_scale_min, 1.0), data.hflip), settings.background_swap,
         relayout, drop_others)
@@ -173,7 +173,7 @@ def train_two_views(model: Encoder, cfg: TeacherConfig, data: DataConfig, out_di
     result = fit(net, step_fn, TrainStream(views, seed=cfg.train.seed), cfg.train, out_dir,
                  num_workers=data.num_workers, frozen=net.frozen, on_step_end=on_step_end)
     model.eval()  # net.teacher is model: the EMA updates trained it in place
-    trained = knn_report(model, *eval_sets)
+    trained = knn_report(model, knn)
     return ssl_report(cfg.name, result, asdict(settings), trained, untrained)
 
 

@@ -31,12 +31,11 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
-from common.bench import BenchCase
 from common.chapters import Declaration
 from common.cli import main
 from common.config import parse_cli
 from common.experiment import markdown_table, run_meta, write_rows
-from common.mm_d2v2 import (MultimodalChapterConfig, alignment_bench_case, alignment_losses,
+from common.mm_d2v2 import (MultimodalChapterConfig, alignment_bench, alignment_losses,
                             alignment_rows, check_alignment, prepare_distillation, train_multimodal)
 from common.models.multimodal import MultimodalEncoder, build_multimodal
 from common.sweep import Variant, expand, seed_count
@@ -89,14 +88,10 @@ def run(cfg: SsaConfig) -> List[dict]:
     return rows
 
 
-def bench_case(cfg: SsaConfig) -> BenchCase:
-    """``make bench PRESET=full``: this chapter's training step at the preset's size."""
-    return alignment_bench_case(cfg, build_model)
-
-
-# what eval/ rebuilds from a run's config.yaml (common.chapters)
+# what eval/ rebuilds from a run's config.yaml and make bench runs (common.chapters)
 CHAPTER = Declaration(config=SsaConfig,
-                      build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id))
+                      build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id),
+                      bench=alignment_bench(build_model))
 
 
 if __name__ == "__main__":

@@ -176,9 +176,10 @@ def bench_case(cfg: ShreConfig) -> BenchCase:
                      batch, frozen=[teacher])
 
 
-# what eval/ rebuilds from a run's config.yaml (common.chapters)
+# what eval/ rebuilds from a run's config.yaml and make bench runs (common.chapters)
 CHAPTER = Declaration(config=ShreConfig,
-                      build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id))
+                      build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id),
+                      bench=bench_case)
 
 
 if __name__ == "__main__":

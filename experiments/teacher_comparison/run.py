@@ -36,12 +36,11 @@ from typing import List
 import torch
 from torch import nn
 
-from common.bench import BenchCase
 from common.chapters import Declaration
 from common.cli import main
 from common.config import parse_cli
 from common.experiment import markdown_table
-from common.mm_d2v2 import (NO_TEACHER, AlignedChapterConfig, alignment_bench_case, alignment_losses,
+from common.mm_d2v2 import (NO_TEACHER, AlignedChapterConfig, alignment_bench, alignment_losses,
                             build_aligned_student, check_alignment, prepare_distillation,
                             train_multimodal)
 from common.knn import KnnConfig, KnnSets
@@ -103,14 +102,10 @@ def run(cfg: TeacherComparisonConfig) -> List[dict]:
     return rows
 
 
-def bench_case(cfg: TeacherComparisonConfig) -> BenchCase:
-    """``make bench PRESET=full``: this chapter's training step at the preset's size."""
-    return alignment_bench_case(cfg, build_model, cfg.align, cfg.align_weight, cfg.cos_margin)
-
-
-# what eval/ rebuilds from a run's config.yaml (common.chapters)
+# what eval/ rebuilds from a run's config.yaml and make bench runs (common.chapters)
 CHAPTER = Declaration(config=TeacherComparisonConfig,
-                      build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id))
+                      build_model=lambda cfg, tokenizer: build_model(cfg, tokenizer.pad_id),
+                      bench=alignment_bench(build_model))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import ClassVar, Dict, FrozenSet, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +106,9 @@ class VisionKdConfig:
     seeds: int = 1  # runs with seeds train.seed, +1, ...; the SEEDS environment variable overrides it
     # the key=value overrides it was started with (recorded in the result rows)
     overrides: List[str] = field(default_factory=list)
+    # how the student is validated and fine-tuned: a continued run may change these
+    RESUMABLE_SECTIONS: ClassVar[FrozenSet[str]] = frozenset({
+        "knn", "finetune", "linear_probe", "finetune_modes", "finetune_labels", "finetune_untrained"})
 
 
 def build_model(cfg: VisionKdConfig, embed: Optional[ImageEmbed] = None) -> VisionStudent:
@@ -260,9 +263,10 @@ def bench_case(cfg: VisionKdConfig) -> BenchCase:
                      batch, frozen=[teacher])
 
 
-# what eval/ rebuilds from a run's config.yaml (common.chapters)
+# what eval/ rebuilds from a run's config.yaml and make bench runs (common.chapters)
 CHAPTER = Declaration(config=VisionKdConfig,
-                      build_model=lambda cfg, tokenizer: build_model(cfg))
+                      build_model=lambda cfg, tokenizer: build_model(cfg),
+                      bench=bench_case)
 
 
 if __name__ == "__main__":
