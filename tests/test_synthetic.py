@@ -8,6 +8,7 @@ import pytest
 
 from common.data import show_synthetic
 from common.data import synthetic as syn
+from common.data.synthetic import captions as grammar
 from common.data.synthetic import (CLASSNAMES, COARSE_CLASSNAMES, HELDOUT_FRAMES, TEMPLATES,
                                    TRAIN_FRAMES, SyntheticWorld, mirror_caption, render)
 
@@ -138,8 +139,8 @@ def test_flickr_uses_held_out_frames_and_more_objects(world):
 
 def test_every_frame_can_state_every_fact():
     for frame in TRAIN_FRAMES + HELDOUT_FRAMES:
-        names = {name for _, seg_names, _ in syn._compile(frame) for name in seg_names}
-        for fact, slots in syn._FACT_SLOTS.items():
+        names = {name for _, seg_names, _ in grammar._compile(frame) for name in seg_names}
+        for fact, slots in grammar._FACT_SLOTS.items():
             assert names & set(slots), (frame, fact)
     assert not set(TRAIN_FRAMES) & set(HELDOUT_FRAMES)
 
