@@ -15,6 +15,7 @@ from common.config import ConfigError, TrainConfig, parse_cli
 from common.data.datasets import TrainStream
 from common.finetune import EncoderClassifier, finetunable, image_head, layer_decay_param_groups
 from common.models.embed import ImageEmbed
+from common.models import vision_student as vs
 from common.models.encoder import build_image_encoder
 from common.optim import build_optimizer
 from common.results import COLUMNS
@@ -77,7 +78,7 @@ def test_the_patch_embedding_is_shared_and_runs_once_per_step(tmp_path, monkeypa
 def test_a_student_that_copies_the_teacher_has_zero_loss_and_eq6_weights_the_steps():
     cfg, teacher, model = _teacher_and_student(ALL_LAYERS + ["student.depth=2", "student.mlp_ratio=4.0",
                                                              "student_init=teacher"])
-    vkd.init_from_teacher(model.image, teacher)
+    vs.init_from_teacher(model.image, teacher)
     images = torch.randn(3, 3, 32, 32)
     assert vkd.kd_losses(model, teacher, images, cfg.target)["loss"].item() == pytest.approx(0, abs=1e-10)
 
@@ -143,13 +144,14 @@ def test_the_eval_clis_rebuild_the_student_from_its_config_alone():
 def test_student_init_from_a_teacher_of_another_shape_and_a_cnn_teacher_are_one_line_errors(monkeypatch):
     cfg, teacher, model = _teacher_and_student(["student.mlp_ratio=3.0"])
     with pytest.raises(ConfigError, match="student.heads/mlp_ratio"):
-        vkd.init_from_teacher(model.image, teacher)
+        vs.init_from_teacher(model.image, teacher)
     cfg.student.patch_size = 4  # the teacher's embedding has 8-px patches
     with pytest.raises(ConfigError, match="student.patch_size=8"):
         vkd.build_model(cfg, embed=teacher.embed)
-    monkeypatch.setattr(vkd, "build_teacher", lambda *a: torch.nn.Linear(2, 2))
+    monkeypatch.setattr(vs, "build_teacher", lambda *a: torch.nn.Linear(2, 2))
     with pytest.raises(ConfigError, match="not a ViT encoder"):
-        vkd.build_vit_teacher(parse_cli(vkd.VisionKdConfig, CHAPTER, ["teacher.name=tiny-cnn"]))
+        cnn = parse_cli(vkd.VisionKdConfig, CHAPTER, ["teacher.name=tiny-cnn"])
+        vs.build_vit_teacher(cnn.teacher, cnn.data)
 
 
 def test_tiny_run_writes_teacher_untrained_and_distilled_rows_and_resumes():
@@ -227,10 +229,10 @@ def test_student_built_from_data2vec2_blocks_under_another_teachers_embedding(tm
     student = ["student.depth=2", "student.mlp_ratio=4.0", f"student.init={path}"]
     cfg, teacher, model = _teacher_and_student(student + [f"student.heads={heads}"])
     with pytest.raises(Exception, match="needs student.alibi=false"):  # the tiny preset's ALiBi blocks
-        vkd.init_student(cfg, model.image, teacher)
+        vs.init_student(cfg.student, cfg.student_init, model.image, teacher)
     cfg, teacher, model = _teacher_and_student(student + [f"student.heads={heads}", "student.alibi=false"])
     embed = {k: v.clone() for k, v in teacher.embed.state_dict().items()}
-    vkd.init_student(cfg, model.image, teacher)
+    vs.init_student(cfg.student, cfg.student_init, model.image, teacher)
     for i in range(2):
         torch.testing.assert_close(model.image.blocks[i].attn.qkv.weight, sd[f"blocks.{i}.attn.qkv.weight"])
         torch.testing.assert_close(model.image.blocks[i].mlp.fc2.bias, sd[f"blocks.{i}.mlp.fc2.bias"])
@@ -239,4 +241,4 @@ def test_student_built_from_data2vec2_blocks_under_another_teachers_embedding(tm
         torch.testing.assert_close(v, embed[k])
     cfg.student_init = "teacher"
     with pytest.raises(ConfigError, match="keep one"):
-        vkd.init_student(cfg, model.image, teacher)
+        vs.init_student(cfg.student, cfg.student_init, model.image, teacher)

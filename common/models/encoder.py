@@ -36,6 +36,19 @@ class EncoderOutput:
         return self.x[:, 0]
 
 
+POOLS = ("mean", "cls")
+
+
+def pool_tokens(x: Tensor, pool: str, num_extra: int = 1) -> Tensor:
+    """One vector per image from ``[B, T, D]`` tokens: the mean of the patch tokens (the
+    thesis' fine-tuning input) or the CLS token. Returns ``[B, D]``."""
+    if pool == "cls":
+        return x[:, 0]
+    if pool == "mean":
+        return x[:, num_extra:].mean(dim=1)
+    raise ConfigError(f"config error: knn.pool={pool} is not one of {'|'.join(POOLS)}")
+
+
 def _init_weights(module: nn.Module) -> None:
     """timm ViT / data2vec init: trunc-normal(0.02) linear weights, zero biases, unit LayerNorm."""
     if isinstance(module, nn.Linear):

@@ -4,20 +4,23 @@ The student has no patch embedding of its own: it uses the teacher's, computed o
 batch for both (:meth:`~common.models.encoder.Encoder.forward_tokens`), which saves its
 parameters, memory and a forward pass per step. What the eval CLIs need to rebuild such a
 student from a config alone (:class:`SharedEmbedConfig`), how one vector per image is
-pooled from its tokens, and the later draft's start from the teacher's first blocks.
+pooled from its tokens, its starting blocks (random, the teacher's first blocks as in the
+later draft, or a checkpoint's), and the check that the teacher is a ViT whose embedding can
+be shared.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
-from common.config import ConfigError
+from common.config import ConfigError, DataConfig, ImageEncoderConfig, TeacherConfig
 from common.models.embed import ImageEmbed
-from common.models.encoder import Encoder, EncoderOutput
-
-POOLS = ("mean", "cls")
-
+from common.models.encoder import Encoder, EncoderOutput, pool_tokens
+from common.models.registry import init_blocks
+from common.models.teachers import build_teacher
 
 @dataclass
 class SharedEmbedConfig:
@@ -28,16 +31,6 @@ class SharedEmbedConfig:
     norm: bool = True  # a LayerNorm after the patches (data2vec 2.0); BEiT v2: none
     norm_eps: float = 1e-6
     abs_pos: bool = True  # fixed sin-cos positions (data2vec 2.0); BEiT v2: none
-
-
-def pool_tokens(x: Tensor, pool: str, num_extra: int = 1) -> Tensor:
-    """One vector per image from ``[B, T, D]`` tokens: the mean of the patch tokens (the
-    thesis' fine-tuning input) or the CLS token. Returns ``[B, D]``."""
-    if pool == "cls":
-        return x[:, 0]
-    if pool == "mean":
-        return x[:, num_extra:].mean(dim=1)
-    raise ConfigError(f"config error: knn.pool={pool} is not one of {'|'.join(POOLS)}")
 
 
 class VisionStudent(nn.Module):
@@ -63,7 +56,7 @@ class VisionStudent(nn.Module):
 
 
 def shared_embed_settings(embed: nn.Module) -> SharedEmbedConfig:
-    """What :func:`build_model` needs to rebuild ``embed``'s architecture."""
+    """What :func:`build_student` needs to rebuild ``embed``'s architecture."""
     if not isinstance(embed, ImageEmbed):
         raise ConfigError(f"config error: the teacher's embedding is a {type(embed).__name__}; "
                           f"this chapter shares an ImageEmbed (a ViT teacher's patch embedding)")
@@ -87,3 +80,52 @@ def init_from_teacher(student: Encoder, teacher: Encoder) -> None:
                               "layer_scale/rel_pos_bias/alibi_scale as in the teacher") from None
     if student.norm is not None and teacher.norm is not None:
         student.norm.load_state_dict(teacher.norm.state_dict())
+
+
+def build_student(student: ImageEncoderConfig, shared: SharedEmbedConfig, pool: str, seed: int,
+                  embed: Optional[ImageEmbed] = None) -> VisionStudent:
+    """``student``'s blocks (random init, seeded by ``seed``) on ``embed`` (the teacher's,
+    shared) or, for the eval CLIs, on a fresh embedding shaped like the teacher's
+    (``shared``) whose weights the checkpoint then provides."""
+    if not student.freeze_embed or student.embed_trainable:
+        raise ConfigError("config error: student.freeze_embed=false or student.embed_trainable "
+                          "would train the teacher's shared patch embedding; keep freeze_embed=true "
+                          "and embed_trainable=[] in this chapter")
+    if embed is None:
+        embed = ImageEmbed(student.image_size, student.patch_size, student.in_chans, student.dim,
+                           norm=shared.norm, norm_eps=shared.norm_eps, abs_pos=shared.abs_pos)
+    grid = (embed.dim, embed.patch_embed.img_size[0], embed.patch_embed.patch_size[0])
+    if grid != (student.dim, student.image_size, student.patch_size):
+        raise ConfigError(f"config error: the teacher's embedding has width {grid[0]}, image size "
+                          f"{grid[1]} and patch size {grid[2]}; set student.dim={grid[0]} "
+                          f"student.image_size={grid[1]} student.patch_size={grid[2]}")
+    with torch.random.fork_rng(devices=[]):  # the same student whatever ran before
+        torch.manual_seed(seed)
+        return VisionStudent(Encoder(embed, student), pool)
+
+
+def init_student(student_cfg: ImageEncoderConfig, student_init: str, student: Encoder,
+                 teacher: Encoder) -> None:
+    """The student's starting blocks: random, the teacher's first blocks (``student_init=
+    teacher``) or those of a pretrained checkpoint (``student.init``, e.g. data2vec 2.0 blocks
+    under a BEiT v2 teacher, draft 003); the embedding is always the teacher's."""
+    if student_init not in ("random", "teacher"):
+        raise ConfigError(f"config error: student_init={student_init}; use random or teacher")
+    if student_cfg.init and student_init == "teacher":
+        raise ConfigError(f"config error: student.init={student_cfg.init} and student_init=teacher "
+                          f"both name the student's starting blocks; keep one")
+    if student_cfg.init:
+        init_blocks(student, student_cfg, "image", key="student")
+    elif student_init == "teacher":
+        init_from_teacher(student, teacher)
+
+
+def build_vit_teacher(teacher_cfg: TeacherConfig, data: DataConfig) -> Encoder:
+    """The frozen teacher; it must be a ViT :class:`Encoder` (its embedding is shared)."""
+    teacher = build_teacher(teacher_cfg, data)
+    if not isinstance(teacher, Encoder) or not isinstance(teacher.embed, ImageEmbed):
+        raise ConfigError(f"config error: teacher.name={teacher_cfg.name} is not a ViT encoder; "
+                          f"this chapter shares the teacher's patch embedding, so use a tiny "
+                          f"label-free ViT recipe (tiny preset) or a data2vec 2.0 / BEiT v2 "
+                          f"checkpoint (full preset)")
+    return teacher

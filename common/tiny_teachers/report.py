@@ -14,8 +14,7 @@ import torch
 from common.config import DataConfig
 from common.data.synthetic import CLASSNAMES, COARSE_CLASSNAMES
 from common.knn import KnnConfig, KnnSets
-from common.models.encoder import Encoder
-from common.models.vision_student import pool_tokens
+from common.models.encoder import Encoder, pool_tokens
 
 LABELS = ("fine", "coarse")  # 100 classes (colour + shape) and 10 (shape)
 POOLS = ("cls", "mean")

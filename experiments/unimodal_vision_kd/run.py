@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from common.bench import BenchCase
 from common.chapters import Declaration
 from common.cli import main
-from common.config import (ConfigError, DataConfig, EvalConfig, ImageEncoderConfig,
-                           TeacherConfig, TrainConfig, parse_cli)
+from common.config import (DataConfig, EvalConfig, ImageEncoderConfig, TeacherConfig, TrainConfig,
+                           parse_cli)
 from common.data.datasets import ImageLabelSet, TrainStream
 from common.data.sources import open_source
 from common.data.transforms import train_transform
@@ -50,11 +50,10 @@ from common.finetune import FinetuneConfig, cifar_finetune_rows
 from common.knn import KnnConfig, KnnSets
 from common.losses import kd_mse_loss
 from common.models.embed import ImageEmbed
-from common.models.encoder import Encoder, build_image_encoder
-from common.models.registry import init_blocks
-from common.models.vision_student import (SharedEmbedConfig, VisionStudent, init_from_teacher,
-                                          pool_tokens, shared_embed_settings)
-from common.models.teachers import build_teacher, teacher_report
+from common.models.encoder import Encoder, build_image_encoder, pool_tokens
+from common.models.vision_student import (SharedEmbedConfig, VisionStudent, build_student,
+                                          build_vit_teacher, init_student, shared_embed_settings)
+from common.models.teachers import teacher_report
 from common.paths import runs_dir
 from common.sweep import seed_count, seed_runs
 from common.targets import layer_averaged_targets
@@ -112,51 +111,8 @@ class VisionKdConfig:
 
 
 def build_model(cfg: VisionKdConfig, embed: Optional[ImageEmbed] = None) -> VisionStudent:
-    """The student of ``cfg``: ``cfg.student`` blocks (random init, seeded by ``train.seed``)
-    on ``embed`` (the teacher's, shared) or, for the eval CLIs, on a fresh embedding shaped
-    like the teacher's (``cfg.shared_embed``) whose weights the checkpoint then provides."""
-    s, e = cfg.student, cfg.shared_embed
-    if not s.freeze_embed or s.embed_trainable:
-        raise ConfigError("config error: student.freeze_embed=false or student.embed_trainable "
-                          "would train the teacher's shared patch embedding; keep freeze_embed=true "
-                          "and embed_trainable=[] in this chapter")
-    if embed is None:
-        embed = ImageEmbed(s.image_size, s.patch_size, s.in_chans, s.dim, norm=e.norm,
-                           norm_eps=e.norm_eps, abs_pos=e.abs_pos)
-    grid = (embed.dim, embed.patch_embed.img_size[0], embed.patch_embed.patch_size[0])
-    if grid != (s.dim, s.image_size, s.patch_size):
-        raise ConfigError(f"config error: the teacher's embedding has width {grid[0]}, image size "
-                          f"{grid[1]} and patch size {grid[2]}; set student.dim={grid[0]} "
-                          f"student.image_size={grid[1]} student.patch_size={grid[2]}")
-    with torch.random.fork_rng(devices=[]):  # the same student whatever ran before
-        torch.manual_seed(cfg.train.seed)
-        return VisionStudent(Encoder(embed, s), cfg.knn.pool)
-
-
-def init_student(cfg: VisionKdConfig, student: Encoder, teacher: Encoder) -> None:
-    """The student's starting blocks: random, the teacher's first blocks (``student_init=
-    teacher``) or those of a pretrained checkpoint (``student.init``, e.g. data2vec 2.0 blocks
-    under a BEiT v2 teacher, draft 003); the embedding is always the teacher's."""
-    if cfg.student_init not in ("random", "teacher"):
-        raise ConfigError(f"config error: student_init={cfg.student_init}; use random or teacher")
-    if cfg.student.init and cfg.student_init == "teacher":
-        raise ConfigError(f"config error: student.init={cfg.student.init} and student_init=teacher "
-                          f"both name the student's starting blocks; keep one")
-    if cfg.student.init:
-        init_blocks(student, cfg.student, "image", key="student")
-    elif cfg.student_init == "teacher":
-        init_from_teacher(student, teacher)
-
-
-def build_vit_teacher(cfg: VisionKdConfig) -> Encoder:
-    """The frozen teacher; it must be a ViT :class:`Encoder` (its embedding is shared)."""
-    teacher = build_teacher(cfg.teacher, cfg.data)
-    if not isinstance(teacher, Encoder) or not isinstance(teacher.embed, ImageEmbed):
-        raise ConfigError(f"config error: teacher.name={cfg.teacher.name} is not a ViT encoder; "
-                          f"this chapter shares the teacher's patch embedding, so use a tiny "
-                          f"label-free ViT recipe (tiny preset) or a data2vec 2.0 / BEiT v2 "
-                          f"checkpoint (full preset)")
-    return teacher
+    """The student of ``cfg`` (see :func:`common.models.vision_student.build_student`)."""
+    return build_student(cfg.student, cfg.shared_embed, cfg.knn.pool, cfg.train.seed, embed)
 
 
 # ---------------------------------------------------------------------------- the student and its objective
@@ -200,10 +156,10 @@ def run_seed(cfg: VisionKdConfig, name: str) -> List[dict]:
     train_images = ImageLabelSet(open_source(cfg.data, cfg.train_role),  # labels never read
                                  train_transform(cfg.data.image_size, cfg.data.crop_scale,
                                                  cfg.data.hflip))
-    teacher = build_vit_teacher(cfg)
+    teacher = build_vit_teacher(cfg.teacher, cfg.data)
     cfg.shared_embed = shared_embed_settings(teacher.embed)
     model = build_model(cfg, embed=teacher.embed)
-    init_student(cfg, model.image, teacher)
+    init_student(cfg.student, cfg.student_init, model.image, teacher)
     out_dir = run_folder(cfg, name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher.to(device)
