@@ -6,7 +6,7 @@ import torch
 
 from common.models import teachers
 from common.tiny_teachers import clr as tc
-from common.tiny_teachers.d2v import build_vit
+from common.tiny_teachers.bootstrap import build_vit
 
 
 def test_info_nce_matches_a_hand_computed_case():

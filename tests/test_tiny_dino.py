@@ -11,7 +11,7 @@ from common.data.transforms import eval_transform
 from common.models import teachers
 from common.data import views as dv
 from common.tiny_teachers import dino as td
-from common.tiny_teachers.d2v import build_vit
+from common.tiny_teachers.bootstrap import build_vit
 
 
 def test_dino_loss_matches_a_hand_computed_case():

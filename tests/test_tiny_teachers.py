@@ -76,7 +76,7 @@ def test_block_mask_keeps_the_requested_ratio(block):
 def test_loss_counts_only_masked_positions_and_cls_regresses_the_mean_of_patch_targets(
         vit_teacher_cfgs):
     t, _ = vit_teacher_cfgs("tiny-d2v")
-    teacher = tt.build_vit(t).eval()
+    teacher = bootstrap.build_vit(t).eval()
     settings = tt.D2VSettings(num_masks=2, mask_ratio=0.5, cls_weight=0.5)
     images = torch.randn(3, 3, 32, 32)
     seen = {}
@@ -109,7 +109,7 @@ def test_student_on_visible_tokens_matches_the_encoder_with_their_alibi_distance
         vit_teacher_cfgs):
     t, _ = vit_teacher_cfgs("tiny-d2v")
     t.encoder.patch_size = 4  # 8 x 8 grid
-    student = tt.MaskedStudent(tt.build_vit(t)).eval()
+    student = tt.MaskedStudent(bootstrap.build_vit(t)).eval()
     enc = student.encoder
     images = torch.randn(2, 3, 32, 32)
     masked = tt.block_mask(2, enc.embed.grid_size, 0.75, 3)

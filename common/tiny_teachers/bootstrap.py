@@ -12,6 +12,7 @@ images, next to chance).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -22,28 +23,28 @@ from typing import Any, Callable, Dict
 from filelock import FileLock
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
+import torch
 from torch import nn
 
 from common.config import DataConfig, TeacherConfig, to_dict
 from common.data.synthetic import GRAMMAR_VERSION
 from common.distributed import single_process
 from common.paths import cache_dir
-from common.tiny_teachers.clr import train_clr
-from common.tiny_teachers.cnn import build_cnn, train_cnn
-from common.tiny_teachers.d2v import build_vit, train_d2v
-from common.tiny_teachers.dino import train_dino
+from common.models.encoder import Encoder, build_image_encoder
+from common.tiny_teachers.cnn import build_cnn
 from common.tiny_teachers.settings import ClrSettings, D2VSettings, DinoSettings
 
 log = logging.getLogger(__name__)
 
 
 class Recipe:
-    """How to build and train one kind of tiny teacher. ``section`` names the
+    """How to build and train one kind of tiny teacher. ``train`` names the training function
+    as ``"module:function"``, imported when a teacher is bootstrapped (a chapter that loads a
+    cached teacher does not import the recipes' training code). ``section`` names the
     :class:`TeacherConfig` field that holds its settings (``""``: none; ``settings_type``
     turns it into the dataclass the training function takes)."""
 
-    def __init__(self, build: Callable[[TeacherConfig], nn.Module],
-                 train: Callable[..., Dict[str, Any]], section: str = "",
+    def __init__(self, build: Callable[[TeacherConfig], nn.Module], train: str, section: str = "",
                  settings_type: type | None = None):
         self.build, self._train, self.section, self.settings_type = build, train, section, settings_type
 
@@ -52,20 +53,30 @@ class Recipe:
         return OmegaConf.to_container(OmegaConf.create(getattr(cfg, self.section))) if self.section else {}
 
     def train(self, model: nn.Module, cfg: TeacherConfig, data: DataConfig, out_dir: Path) -> Dict[str, Any]:
+        module, name = self._train.split(":")
+        train = getattr(importlib.import_module(module), name)
         if not self.section:
-            return self._train(model, cfg, data, out_dir)
-        return self._train(model, cfg, data, out_dir, settings=self.settings_type(**self.settings(cfg)))
+            return train(model, cfg, data, out_dir)
+        return train(model, cfg, data, out_dir, settings=self.settings_type(**self.settings(cfg)))
+
+
+def build_vit(cfg: TeacherConfig) -> Encoder:
+    """The label-free recipes' architecture: ``cfg.encoder`` as an ALiBi image encoder, randomly
+    initialised from ``cfg.train.seed`` (the caller's RNG state is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return build_image_encoder(cfg.encoder)
 
 
 TINY_RECIPES: Dict[str, Recipe] = {
     # supervised (cnn.py): the fine labels
-    "tiny-cnn": Recipe(build_cnn, train_cnn),
+    "tiny-cnn": Recipe(build_cnn, "common.tiny_teachers.cnn:train_cnn"),
     # label-free, data2vec 2.0-style (d2v.py): CLS regresses the mean of the patch targets
-    "tiny-d2v": Recipe(build_vit, train_d2v, "d2v", D2VSettings),
+    "tiny-d2v": Recipe(build_vit, "common.tiny_teachers.d2v:train_d2v", "d2v", D2VSettings),
     # label-free, DINO (dino.py): EMA self-distillation of the CLS across background-swapped views
-    "tiny-dino": Recipe(build_vit, train_dino, "dino", DinoSettings),
+    "tiny-dino": Recipe(build_vit, "common.tiny_teachers.dino:train_dino", "dino", DinoSettings),
     # label-free, MoCo v3 (clr.py): InfoNCE between the CLS of views sharing their main object
-    "tiny-clr": Recipe(build_vit, train_clr, "clr", ClrSettings),
+    "tiny-clr": Recipe(build_vit, "common.tiny_teachers.clr:train_clr", "clr", ClrSettings),
 }
 
 

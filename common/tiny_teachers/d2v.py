@@ -59,7 +59,7 @@ from common.data.synthetic import SyntheticWorld
 from common.data.transforms import train_transform
 from common.losses import kd_mse_loss
 from common.models.ema import ema_update
-from common.models.encoder import Encoder, build_image_encoder
+from common.models.encoder import Encoder
 from common.targets import layer_averaged_targets
 from common.tiny_teachers.report import knn_report, knn_sets, ssl_report
 from common.tiny_teachers.settings import D2VSettings
@@ -192,14 +192,6 @@ class MaskedStudent(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the recipe
-def build_vit(cfg: TeacherConfig) -> Encoder:
-    """The teacher architecture: ``cfg.encoder`` as an ALiBi image encoder, randomly
-    initialised from ``cfg.train.seed`` (the caller's RNG state is left untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        return build_image_encoder(cfg.encoder)
-
-
 def d2v_step(student: nn.Module, teacher: Encoder, images: Tensor,
              s: D2VSettings) -> Dict[str, Tensor]:
     """One data2vec 2.0 loss evaluation: teacher targets on the full image, student on
