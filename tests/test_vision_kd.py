@@ -242,3 +242,18 @@ def test_student_built_from_data2vec2_blocks_under_another_teachers_embedding(tm
     cfg.student_init = "teacher"
     with pytest.raises(ConfigError, match="keep one"):
         vs.init_student(cfg.student, cfg.student_init, model.image, teacher)
+
+
+def test_each_run_fine_tunes_in_its_own_folder(monkeypatch):
+    """A second seed (or another run name) fine-tunes its own student: its fine-tuning runs are
+    not the first run's finished ones continued (which would repeat their numbers)."""
+    monkeypatch.setenv("SEEDS", "2")
+    rows = vkd.run(parse_cli(vkd.VisionKdConfig, CHAPTER, FEW_STEPS + ["run=tuned"]))
+    runs = Path(os.environ["MMKD_RUNS"]) / "unimodal_vision_kd"
+    for name in ("tuned", "tuned-seed1"):
+        assert sorted(p.name for p in (runs / name / "finetune").iterdir()) == [
+            "distilled-100-full", "distilled-100-linear", "untrained-100-full", "untrained-100-linear"]
+    assert sum(r.get("ft_top1") is not None for r in rows) == 8
+    for tuning in ("distilled-100-linear", "untrained-100-full"):  # other students, other losses
+        logs = [(runs / name / "finetune" / tuning / "metrics.jsonl").read_text() for name in ("tuned", "tuned-seed1")]
+        assert '"loss"' in logs[0] and logs[0] != logs[1]

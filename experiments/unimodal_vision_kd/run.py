@@ -193,10 +193,10 @@ def run_seed(cfg: VisionKdConfig, name: str) -> List[dict]:
             + knn.rows(distilled_knn, meta))
     write_rows(cfg.chapter, cfg.run, rows)  # kept even if fine-tuning fails later
     # the distilled student's rows last: the eval CLIs label this run by its newest row
-    def finetune_rows(encoder: Encoder, name: str, row_meta: dict) -> List[dict]:
+    def finetune_rows(encoder: Encoder, which: str, row_meta: dict) -> List[dict]:
         return cifar_finetune_rows(cfg.data, encoder, {"full": cfg.finetune, "linear": cfg.linear_probe},
                                    cfg.finetune_modes, cfg.finetune_labels,
-                                   runs_dir(cfg.chapter, name, "finetune"), name, row_meta)
+                                   runs_dir(cfg.chapter, name, "finetune"), which, row_meta)
 
     tuned = finetune_rows(untrained, "untrained", untrained_meta) if untrained is not None else []
     tuned += finetune_rows(model.image, "distilled", meta)
