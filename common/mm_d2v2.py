@@ -41,7 +41,7 @@ from common.data.sources import dataset_name, open_source, zero_shot_name
 from common.data.tokenizer import Tokenizer, build_tokenizer
 from common.data.transforms import train_transform
 from common.evaluation import embed_images, embed_texts
-from common.experiment import EvalSets, run_folder, run_meta, write_rows
+from common.experiment import EvalSets, markdown_table, run_folder, run_meta, write_rows
 from common.losses import cosine_alignment_loss, kd_mse_loss
 from common.memory_bank import banked_itc_loss
 from common.models.encoder import build_image_encoder
@@ -49,7 +49,7 @@ from common.models.multimodal import (LEVELS, HeadConfig, MultimodalEncoder, Mul
                                       build_multimodal, teacher_width)
 from common.models.teachers import build_teacher, teacher_embedding
 from common.retrieval import mean_recall, pair_cosines, retrieval_recall
-from common.sweep import Variant
+from common.sweep import Variant, expand, seed_count
 from common.targets import batch_standardized
 from common.train import fit
 
@@ -181,6 +181,26 @@ def alignment_bench(build_model: Callable[[Any, int], nn.Module]) -> Callable[[A
         return BenchCase(build_model(cfg, 1), loss, batch, frozen=[teacher])
 
     return bench
+
+
+# ---------------------------------------------------------------------------- a chapter's runs
+RunVariant = Callable[[Variant, Any, str], List[Dict[str, Any]]]
+
+
+def run_variants(cfg: Any, run_variant: RunVariant, table: Sequence[str]) -> List[Dict[str, Any]]:
+    """Every (variant, seed) run of a chapter config (``variants``, ``only``, ``seeds`` /
+    ``SEEDS``), one after another through ``run_variant(variant, cfg of the run, results
+    file)``; the rows are logged as a markdown table of ``table``'s columns. Bad overrides and
+    settings that would train nothing useful (:func:`check_alignment`) fail before anything
+    trains."""
+    runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds))
+    for variant, vcfg in runs:
+        if variant.kind != "unimodal_pair":
+            check_alignment(variant.name, getattr(vcfg, "align", "none"), vcfg.head.proj,
+                            has_teacher=vcfg.teacher.name != NO_TEACHER)
+    rows = [row for variant, vcfg in runs for row in run_variant(variant, vcfg, cfg.run)]
+    log.info("results:\n%s", markdown_table(rows, table))
+    return rows
 
 
 # ---------------------------------------------------------------------------- one run: train, evaluate, write rows

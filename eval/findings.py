@@ -271,20 +271,25 @@ def evaluate(df: pd.DataFrame, thesis: pd.DataFrame) -> List[Finding]:
 
 
 # ---------------------------------------------------------------------------- report
+RULE = ("A comparison holds when A - B exceeds two standard errors (2 SE) over seeds, is "
+        "reversed below minus two, unclear otherwise; a finding holds when all its comparisons "
+        "hold, does not hold when none does, and is mixed otherwise (`eval/findings.py`).")
 COLUMNS = ["a", "b", "dataset", "metric", "tiny A", "tiny B", "A - B", "2 SE", "verdict",
            "thesis A", "thesis B"]
 
 
+def summary(found: Sequence[Finding]) -> str:
+    """One line per finding: its claim, chapter, verdict and how many comparisons hold."""
+    rows = [{"finding": f"{i}. `{f.key}`: {f.claim}", "chapter": f.chapter, "verdict": f.verdict,
+             "holding": f"{sum(r['verdict'] == 'holds' for r in f.results)}/{len(f.results)}"}
+            for i, f in enumerate(found, 1)]
+    return markdown_table(rows, ["finding", "chapter", "verdict", "holding"])
+
+
 def report(found: Sequence[Finding], sources: Sequence[str], seeds: int) -> str:
     lines = ["# Thesis findings at tiny scale", "",
-             f"Evidence: {', '.join(sources)} (up to {seeds} seeds per run). A comparison "
-             "holds when A - B exceeds two standard errors (2 SE), is reversed below minus "
-             "two, unclear otherwise; a finding holds when all its comparisons hold, does not "
-             "hold when none does, and is mixed otherwise (`eval/findings.py`).", ""]
-    summary = [{"finding": f.claim, "chapter": f.chapter, "verdict": f.verdict,
-                "holding": f"{sum(r['verdict'] == 'holds' for r in f.results)}/{len(f.results)}"}
-               for f in found]
-    lines += [markdown_table(summary, ["finding", "chapter", "verdict", "holding"]), ""]
+             f"Evidence: {', '.join(sources)} (up to {seeds} seeds per run). {RULE}", "",
+             summary(found), ""]
     for i, f in enumerate(found, 1):
         lines += [f"## {i}. {f.key}: {f.verdict}", "", f.claim + ("" if not f.note else f" ({f.note})."), "",
                   markdown_table(f.results, COLUMNS), ""]
@@ -313,6 +318,12 @@ def figure(found: Sequence[Finding], path: Path) -> Path:
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def reference_findings() -> List[Finding]:
+    """Every finding judged on the committed reference CSVs (what the README's block shows)."""
+    return evaluate(load_results(str(REFERENCE_TINY / "*" / "*.csv")),
+                    with_mean_recall(load_results(THESIS_CSV)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:

@@ -10,8 +10,10 @@ A chapter README holds its numbers in blocks such as
 whose first line is a set of :mod:`eval.compare` arguments; the table under it is what
 ``python -m eval.compare <arguments>`` prints for the committed CSVs: this repo's tiny
 reference runs (``results/reference/tiny/``, ``make reference``) and the published numbers
-(``results/reference/*.csv``). This rewrites every block; ``--check`` only reports blocks
-that differ (the test suite runs it), so a table can neither be edited by hand nor go stale.
+(``results/reference/*.csv``). A ``<!-- findings -->`` ... ``<!-- /findings -->`` block holds
+the verdict table of :mod:`eval.findings` on the same CSVs. This rewrites every block;
+``--check`` only reports blocks that differ (the test suite runs it), so a table can neither
+be edited by hand nor go stale.
 
     python -m eval.readme_tables            # rewrite the blocks
     python -m eval.readme_tables --check    # exit 1 naming stale blocks
@@ -27,11 +29,12 @@ from typing import List, Optional, Sequence
 
 from common.errors import UserError
 from common.paths import REPO_ROOT
-from eval import compare
+from eval import compare, findings
 
 REFERENCE_CSVS = [str(REPO_ROOT / "results" / "reference" / "tiny" / "*" / "*.csv"),
                   str(REPO_ROOT / "results" / "reference" / "*.csv")]
 BLOCK = re.compile(r"(<!-- results: (?P<args>.*?) -->\n)(?P<table>.*?)(<!-- /results -->)", re.S)
+FINDINGS = re.compile(r"(<!-- findings -->\n)(?P<table>.*?)(<!-- /findings -->)", re.S)
 
 
 def readmes(root: Path = REPO_ROOT) -> List[Path]:
@@ -58,7 +61,17 @@ def refresh(path: Path, csvs: Sequence[str] = REFERENCE_CSVS) -> tuple[str, List
             stale.append(match.group("args"))
         return match.group(1) + table + match.group(4)
 
-    return BLOCK.sub(sub, text), stale
+    text = BLOCK.sub(sub, text)
+    if FINDINGS.search(text):
+        table = findings.summary(findings.reference_findings()) + "\n"
+
+        def sub_findings(match: re.Match) -> str:
+            if table != match.group("table"):
+                stale.append("findings")
+            return match.group(1) + table + match.group(3)
+
+        text = FINDINGS.sub(sub_findings, text)
+    return text, stale
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:

@@ -25,7 +25,7 @@ def committed_values() -> set:
 
 def stray_numbers(text: str, known: set) -> list:
     """Decimals in table rows outside result blocks that no committed CSV holds."""
-    text = readme_tables.BLOCK.sub("", text)
+    text = readme_tables.FINDINGS.sub("", readme_tables.BLOCK.sub("", text))
     return [n for line in text.splitlines() if line.startswith("|")
             for n in NUMBER.findall(line) if round(float(n), 2) not in known]
 

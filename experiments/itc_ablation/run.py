@@ -28,7 +28,6 @@ Each ``variants`` entry of the preset is one row of the thesis table; result row
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
@@ -38,13 +37,11 @@ import torch
 from common.chapters import Declaration
 from common.cli import main
 from common.config import parse_cli
-from common.experiment import markdown_table
 from common.mm_d2v2 import (AlignedChapterConfig, alignment_bench, alignment_losses,
-                            build_aligned_student, check_alignment, prepare_distillation,
+                            build_aligned_student, prepare_distillation, run_variants,
                             train_multimodal)
-from common.sweep import Variant, expand, seed_count
+from common.sweep import Variant
 
-log = logging.getLogger("itc")
 HERE = Path(__file__).resolve().parent
 TABLE = ["run", "model", "dataset", "seed", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
          "t2i_r10", "i2t_mean_recall", "t2i_mean_recall", "params_m", "train_minutes"]
@@ -71,12 +68,7 @@ def run_variant(variant: Variant, cfg: ItcConfig, results_file: str) -> List[dic
 
 
 def run(cfg: ItcConfig) -> List[dict]:
-    runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds))  # bad overrides fail here
-    for variant, vcfg in runs:
-        check_alignment(variant.name, vcfg.align, vcfg.head.proj)
-    rows = [row for variant, vcfg in runs for row in run_variant(variant, vcfg, cfg.run)]
-    log.info("results:\n%s", markdown_table(rows, TABLE))
-    return rows
+    return run_variants(cfg, run_variant, TABLE)
 
 
 # what eval/ rebuilds from a run's config.yaml and make bench runs (common.chapters)

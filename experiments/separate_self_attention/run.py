@@ -23,7 +23,6 @@ Result rows (recall, mean recall, cosine diagnostics, parameters, minutes) go to
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
@@ -34,13 +33,12 @@ from torch import Tensor, nn
 from common.chapters import Declaration
 from common.cli import main
 from common.config import parse_cli
-from common.experiment import markdown_table, run_meta, write_rows
+from common.experiment import run_meta, write_rows
 from common.mm_d2v2 import (MultimodalChapterConfig, alignment_bench, alignment_losses,
-                            alignment_rows, check_alignment, prepare_distillation, train_multimodal)
+                            alignment_rows, prepare_distillation, run_variants, train_multimodal)
 from common.models.multimodal import MultimodalEncoder, build_multimodal
-from common.sweep import Variant, expand, seed_count
+from common.sweep import Variant
 
-log = logging.getLogger("ssa")
 HERE = Path(__file__).resolve().parent
 TABLE = ["run", "model", "dataset", "seed", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
          "t2i_r10", "i2t_mean_recall", "t2i_mean_recall", "cos_pos_shared", "cos_neg_shared",
@@ -70,7 +68,6 @@ def run_variant(variant: Variant, cfg: SsaConfig, results_file: str) -> List[dic
     evals, tokenizer, teacher = prepare_distillation(cfg)  # fills vocab size and teacher width
     model = build_model(cfg, tokenizer.pad_id)
     if variant.kind != "unimodal_pair":
-        check_alignment(variant.name, "none", cfg.head.proj, has_teacher=teacher is not None)
         return train_multimodal(cfg, model, lambda m, batch: ssa_losses(m, teacher, batch), teacher,
                                 evals, tokenizer, model_name=variant.model, results_file=results_file)
     model.eval()  # the unimodal pair is evaluated as built: no alignment training at all
@@ -82,10 +79,7 @@ def run_variant(variant: Variant, cfg: SsaConfig, results_file: str) -> List[dic
 
 
 def run(cfg: SsaConfig) -> List[dict]:
-    runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds))  # bad overrides fail here
-    rows = [row for variant, vcfg in runs for row in run_variant(variant, vcfg, cfg.run)]
-    log.info("results:\n%s", markdown_table(rows, TABLE))
-    return rows
+    return run_variants(cfg, run_variant, TABLE)
 
 
 # what eval/ rebuilds from a run's config.yaml and make bench runs (common.chapters)

@@ -21,7 +21,6 @@ Flickr-like test sets. Result rows go to ``results/shre/<run>.csv``.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
@@ -49,7 +48,6 @@ from common.models.teachers import build_teacher, teacher_report
 from common.sweep import seed_count, seed_runs
 from common.train import fit
 
-log = logging.getLogger("shre")
 HERE = Path(__file__).resolve().parent
 
 

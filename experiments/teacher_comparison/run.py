@@ -39,14 +39,13 @@ from torch import nn
 from common.chapters import Declaration
 from common.cli import main
 from common.config import parse_cli
-from common.experiment import markdown_table
-from common.mm_d2v2 import (NO_TEACHER, AlignedChapterConfig, alignment_bench, alignment_losses,
-                            build_aligned_student, check_alignment, prepare_distillation,
+from common.mm_d2v2 import (AlignedChapterConfig, alignment_bench, alignment_losses,
+                            build_aligned_student, prepare_distillation, run_variants,
                             train_multimodal)
 from common.knn import KnnConfig, KnnSets
 from common.models.multimodal import HeadConfig
 from common.models.teachers import teacher_embedding
-from common.sweep import Variant, expand, seed_count
+from common.sweep import Variant
 
 log = logging.getLogger("teachers")
 HERE = Path(__file__).resolve().parent
@@ -94,12 +93,7 @@ def run_variant(variant: Variant, cfg: TeacherComparisonConfig, results_file: st
 
 
 def run(cfg: TeacherComparisonConfig) -> List[dict]:
-    runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds))  # bad overrides fail here
-    for variant, vcfg in runs:
-        check_alignment(variant.name, vcfg.align, vcfg.head.proj, has_teacher=vcfg.teacher.name != NO_TEACHER)
-    rows = [row for variant, vcfg in runs for row in run_variant(variant, vcfg, cfg.run)]
-    log.info("results:\n%s", markdown_table(rows, TABLE))
-    return rows
+    return run_variants(cfg, run_variant, TABLE)
 
 
 # what eval/ rebuilds from a run's config.yaml and make bench runs (common.chapters)
