@@ -48,6 +48,8 @@ def render_block(args: str, csvs: Sequence[str] = REFERENCE_CSVS) -> str:
         return compare.build([*csvs, *shlex.split(args)]).rstrip("\n") + "\n"
     except SystemExit:  # argparse already printed what is wrong with the arguments
         raise UserError(f"README result block has bad eval.compare arguments: {args}") from None
+    except UserError as e:
+        raise UserError(f"README result block '{args}': {e}") from None
 
 
 def refresh(path: Path, csvs: Sequence[str] = REFERENCE_CSVS) -> tuple[str, List[str]]:

@@ -93,3 +93,12 @@ def test_nothing_to_compare_and_bad_columns_are_user_errors(tmp_path):
         compare.main([str(REFERENCE_DIR / "*.csv"), "--by", "runs"])
     with pytest.raises(UserError, match="COLUMN=VALUE"):
         compare.main([str(REFERENCE_DIR / "*.csv"), "--where", "dataset"])
+
+
+def test_where_matches_whole_numbers_in_columns_with_gaps(two_runs, capsys):
+    # with the reference rows (no seed) beside them the seed column is float: seed=0 is 0.0
+    a, _ = two_runs
+    compare.main([str(a), str(REFERENCE_DIR / "*.csv"), "--by", "run", "--metrics", "i2t_r1",
+                  "--where", "seed=0", "dataset=syn-coco", "--format", "csv"])
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("run")
+    assert list(table.index) == ["tiny-a"] and table.loc["tiny-a", "i2t_r1"] == 12.0

@@ -16,8 +16,9 @@ FEW = ["train.steps=3", "train.batch_size=16", "train.log_every=1", "teacher.tra
        "data.flickr_test_size=30"]
 
 
-def test_plan_teachers_first_then_one_job_per_variant_and_seed(monkeypatch):
+def test_plan_teachers_first_then_one_job_per_variant_and_seed(monkeypatch, tmp_path):
     monkeypatch.setenv("SEEDS", "2")
+    monkeypatch.setenv("MMKD_CACHE", str(tmp_path))  # teachers earlier tests cached are not planned
     jobs = run_all.plan("tiny", FEW, ["shre", "separate_self_attention"])
     names = [j.name for j in jobs]
     # tiny-clr (chapter 3's default), tiny-cnn as SHRe's (the command line's settings) and as
