@@ -45,6 +45,7 @@ COLUMNS: tuple[str, ...] = (
     # the key=value overrides the run was started with (command line, then its variant's)
     "overrides", "notes",
 )
+INT_COLUMNS = ("steps", "seed")
 TEXT_COLUMNS = ("chapter", "run", "model", "teacher", "preset", "dataset", "git_sha", "timestamp",
                 "overrides", "notes")
 
@@ -180,8 +181,10 @@ def load_results(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]
               for f in files]
     frames = [f for f in frames if not f.empty]
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="string" if c in TEXT_COLUMNS else
-                                          "bool" if c == "reference" else "float64") for c in COLUMNS})
+        return pd.DataFrame({c: pd.Series(dtype="string" if c in TEXT_COLUMNS else "bool" if c == "reference"
+                                          else "Int64" if c in INT_COLUMNS else "float64") for c in COLUMNS})
     df = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS)
     df["reference"] = df["reference"].astype("string").str.lower().isin(["true", "1"])
+    for c in INT_COLUMNS:  # whole numbers even where a file leaves them empty: seed=0 reads "0", not "0.0"
+        df[c] = pd.to_numeric(df[c]).astype("Int64")
     return df

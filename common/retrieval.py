@@ -113,10 +113,9 @@ def image_text_ranks(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor
     Image chunks are scored against all captions once (``chunk_size x M`` scores at a time)
     and both directions rank those same scores. Image->text ranks come out of each chunk as
     in :func:`matching_ranks` (the same product, the same chunks). Text->image needs, per
-    caption, how many other images score at least its own image's score, which only the
-    caption's own image chunk holds. So each caption counts, chunk by chunk, the images
-    scoring at or above ``hi`` (ahead for sure) and keeps the few images scoring in
-    ``[lo, hi)``, a band around its positive score computed beforehand in float64 and wider
+    caption, how many other images score at least its own image's score. So each caption
+    counts, chunk by chunk, the images scoring at or above ``hi`` (ahead for sure) and keeps
+    the few images scoring in ``[lo, hi)``, a band around its positive score computed beforehand in float64 and wider
     than the rounding error of a ``D``-term dot product of unit vectors (``D * eps / 2``).
     The kept images are scored again, one pair at a time in float64, and compared with the
     positive score computed the same way: exact ties (duplicated images or captions) stay

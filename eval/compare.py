@@ -65,10 +65,7 @@ def select(df: pd.DataFrame, where: Sequence[str]) -> pd.DataFrame:
         if not sep or column not in df.columns:
             raise UserError(f"--where {item!r} must be COLUMN=VALUE[,VALUE] with a column of "
                             f"{', '.join(COLUMNS)}")
-        cells = df[column]
-        if pd.api.types.is_float_dtype(cells):  # seed=0 matches 0.0 (a column with gaps is float)
-            cells = cells.map(lambda v: format(v, "g"), na_action="ignore")
-        df = df[cells.astype("string").isin(values.split(","))]
+        df = df[df[column].astype("string").isin(values.split(","))]
     return df
 
 
