@@ -1,5 +1,6 @@
 """Teacher registry: tiny bootstraps are trained once and cached; bad names/paths are one clear error."""
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from common.config import DataConfig, TeacherConfig
@@ -31,6 +32,20 @@ def test_tiny_cnn_is_trained_once_then_loaded_from_cache(monkeypatch):
     second = teachers.build_teacher(t, d)
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert (a == b).all(), name
+
+
+@pytest.mark.parametrize("recipe", ["tiny-cnn", "tiny-clr"])
+def test_a_bootstrap_is_a_function_of_its_config_alone(monkeypatch, tmp_path, vit_teacher_cfgs, recipe):
+    """Two machines bootstrap the same weights: the init does not read the global RNG (which
+    imports leave in a different state in every process; tiny-cnn's once did)."""
+    t, d = _cfgs(steps=2) if recipe == "tiny-cnn" else vit_teacher_cfgs(recipe)
+    weights = []
+    for cache, global_seed in (("a", 1), ("b", 2)):
+        monkeypatch.setenv("MMKD_CACHE", str(tmp_path / cache))
+        torch.manual_seed(global_seed)
+        teachers.build_teacher(t, d)
+        weights.append((bootstrap.cache_folder(t, d) / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
 
 
 def test_cache_key_changes_with_the_recipe():

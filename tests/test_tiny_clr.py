@@ -52,7 +52,7 @@ def test_tiny_clr_bootstraps_once_deterministically(monkeypatch, tmp_path, vit_t
     assert set(report["knn"]) == set(report["knn_untrained"])
     out = model(torch.randn(2, 3, 32, 32), return_layers=True)
     assert out.cls.shape == (2, 32) and len(out.layers) == 2 and not model.training
-    fresh = build_vit(t)
+    fresh = teachers.TINY_RECIPES["tiny-clr"].build(t)
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                      fresh.state_dict().values()))
 

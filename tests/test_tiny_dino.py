@@ -11,7 +11,6 @@ from common.data.transforms import eval_transform
 from common.models import teachers
 from common.data import views as dv
 from common.tiny_teachers import dino as td
-from common.tiny_teachers.bootstrap import build_vit
 
 
 def test_dino_loss_matches_a_hand_computed_case():
@@ -106,7 +105,7 @@ def test_tiny_dino_bootstraps_and_changes_the_encoder(monkeypatch, vit_teacher_c
     assert set(report["knn"]) == set(report["knn_untrained"])
     out = model(torch.randn(2, 3, 32, 32))
     assert out.cls.shape == (2, 32) and not model.training
-    fresh = build_vit(t)
+    fresh = teachers.TINY_RECIPES["tiny-dino"].build(t)
     changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                      fresh.state_dict().values())]
     assert any(changed)  # the EMA teacher moved away from its initialisation

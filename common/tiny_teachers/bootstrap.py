@@ -46,7 +46,15 @@ class Recipe:
 
     def __init__(self, build: Callable[[TeacherConfig], nn.Module], train: str, section: str = "",
                  settings_type: type | None = None):
-        self.build, self._train, self.section, self.settings_type = build, train, section, settings_type
+        self._build, self._train, self.section, self.settings_type = build, train, section, settings_type
+
+    def build(self, cfg: TeacherConfig) -> nn.Module:
+        """The untrained teacher, initialised from ``cfg.train.seed`` whatever the process's
+        global RNG state is (imports may have drawn from it), which is left untouched: the
+        same config bootstraps the same weights on every machine."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            return self._build(cfg)
 
     def settings(self, cfg: TeacherConfig) -> Dict[str, Any]:
         """The recipe's settings of ``cfg`` as a plain dict ({} for none)."""
@@ -61,11 +69,9 @@ class Recipe:
 
 
 def build_vit(cfg: TeacherConfig) -> Encoder:
-    """The label-free recipes' architecture: ``cfg.encoder`` as an ALiBi image encoder, randomly
-    initialised from ``cfg.train.seed`` (the caller's RNG state is left untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        return build_image_encoder(cfg.encoder)
+    """The label-free recipes' architecture: ``cfg.encoder`` as an ALiBi image encoder
+    (:meth:`Recipe.build` seeds its initialisation)."""
+    return build_image_encoder(cfg.encoder)
 
 
 TINY_RECIPES: Dict[str, Recipe] = {
@@ -88,7 +94,10 @@ def cache_key(cfg: TeacherConfig, data: DataConfig) -> str:
         "train": to_dict(cfg.train), "encoder": None if cnn else to_dict(cfg.encoder),
         "data": {k: to_dict(data)[k] for k in ("image_size", "render_size", "crop_scale", "hflip",
                                                "train_size")},
-        "grammar": GRAMMAR_VERSION, "version": 1,
+        "grammar": GRAMMAR_VERSION,
+        # tiny-cnn 2: its initialisation is seeded (version 1 drew it from the global RNG, so
+        # two machines bootstrapped different CNNs); the ViT recipes were always seeded
+        "version": 2 if cnn else 1,
     }
     settings = TINY_RECIPES[cfg.name].settings(cfg) if cfg.name in TINY_RECIPES else None
     if settings:  # recipe-level settings (mask ratio, EMA schedule, ...) of self-supervised recipes
