@@ -9,6 +9,11 @@ once instead of after the first ones have trained.
 Seeds: ``seeds`` in the config, or the ``SEEDS`` environment variable (``SEEDS=3 make
 exp-ssa``), runs seeds ``train.seed, train.seed + 1, ...``; the seed is in every result row
 and in the run folder (``runs/<chapter>/<variant>-seed<k>/``), so reruns resume per seed.
+
+Extra rows: a variant marked ``extra`` (a labelled comparison, or the thesis's recipe where
+it collapses at tiny scale) is not part of a chapter's default run, so that ``make exp-all``
+trains what the thesis's tables and findings need; ``EXTRAS=1`` (``make reference`` sets it)
+or naming it in ``only`` runs it.
 """
 from __future__ import annotations
 
@@ -32,13 +37,15 @@ class Variant:
     (the thesis's row label). ``kind``: ``train`` (distil and evaluate) or ``unimodal_pair``
     (evaluate the modality encoders as built, pretrained in ``full``, without any training:
     the "image model for images, text model for texts" baseline). ``overrides`` are
-    ``key=value`` settings applied on top of the chapter config.
+    ``key=value`` settings applied on top of the chapter config. ``extra``: run only on
+    request (see the module docstring).
     """
 
     name: str = ""
     model: str = ""
     kind: str = "train"
     overrides: List[str] = field(default_factory=list)
+    extra: bool = False
 
 
 def seed_count(configured: int) -> int:
@@ -51,13 +58,22 @@ def seed_count(configured: int) -> int:
     return int(raw)
 
 
+def include_extras() -> bool:
+    """``EXTRAS`` from the environment: 1 runs the ``extra`` variants too, 0 or unset not."""
+    raw = os.environ.get("EXTRAS", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ConfigError(f"config error: EXTRAS={raw!r} must be 1 (run the extra rows too) or 0")
+    return raw == "1"
+
+
 def expand(cfg: Any, variants: Sequence[Variant], only: Sequence[str] = (),
-           seeds: int = 1) -> List[Tuple[Variant, Any]]:
+           seeds: int = 1, extras: bool = False) -> List[Tuple[Variant, Any]]:
     """``[(variant, config)]`` for every selected variant and seed, in table order.
 
-    ``only`` selects variants by name (all when empty); each config has ``run`` set to the
-    variant's name and ``train.seed`` shifted by the seed index. Raises :class:`ConfigError`
-    for an unknown name in ``only``, an unknown ``kind`` or a bad override.
+    ``only`` selects variants by name; when it is empty every variant runs, the ``extra``
+    ones only with ``extras``. Each config has ``run`` set to the variant's name and
+    ``train.seed`` shifted by the seed index. Raises :class:`ConfigError` for an unknown
+    name in ``only``, an unknown ``kind`` or a bad override.
     """
     names = [v.name for v in variants]
     unknown = sorted(set(only) - set(names))
@@ -67,6 +83,9 @@ def expand(cfg: Any, variants: Sequence[Variant], only: Sequence[str] = (),
     if len(set(names)) != len(names) or not all(names):
         raise ConfigError(f"config error: variant names must be unique and non-empty, got {names}")
     out = []
+    skipped = [v.name for v in variants if v.extra and not only and not extras]
+    if skipped:
+        log.info("extra rows not run (EXTRAS=1 or only=[...] runs them): %s", ", ".join(skipped))
     for variant in variants:
         if only and variant.name not in only:
             continue
@@ -74,6 +93,8 @@ def expand(cfg: Any, variants: Sequence[Variant], only: Sequence[str] = (),
             raise ConfigError(f"config error: variant '{variant.name}' has kind '{variant.kind}'; "
                               f"use one of {KINDS}")
         base = apply_overrides(cfg, list(variant.overrides), f"variant '{variant.name}'")
+        if variant.name in skipped:  # checked all the same: a typo fails every run, not just its own
+            continue
         base.run = variant.name
         if "overrides" in base:
             base.overrides = [*cfg.overrides, *variant.overrides]

@@ -180,7 +180,8 @@ def test_alignment_losses_add_one_alignment_term(align, proj, term):
 
 
 # ------------------------------------------------------------------------- end to end
-def test_tiny_run_all_variants_write_rows():
+def test_tiny_run_all_variants_write_rows(monkeypatch):
+    monkeypatch.setenv("EXTRAS", "1")  # the extra (comparison) row too
     rows = itc.run(parse_cli(itc.ItcConfig, CHAPTER, FEW_STEPS))
     df = pd.read_csv(Path(os.environ["MMKD_RESULTS"]) / "itc_ablation" / "itc.csv")
     assert list(df.columns) == list(COLUMNS) and len(df) == len(rows) == 10

@@ -13,7 +13,7 @@ from common.mm_d2v2 import cls_distillation
 from common.models.multimodal import HeadConfig, MultimodalEncoder, build_multimodal, teacher_width
 from common.optim import param_groups
 from common.retrieval import mean_recall, pair_cosines
-from common.sweep import Variant, expand, seed_count
+from common.sweep import Variant, expand, include_extras, seed_count
 
 TINY = dict(dim=16, heads=4, mlp_ratio=2.0)
 PAD = 1
@@ -222,6 +222,23 @@ def test_expand_variants_and_seeds(monkeypatch):
         ("deep", "deep", 8, 2), ("pair", "pair", 7, 12)]  # nothing random to repeat for the pair
     assert cfg.run == "x" and cfg.shared.depth == 12  # the chapter config is untouched
     assert [v.name for v, _ in expand(cfg, variants, only=["deep"])] == ["deep"]
+
+
+def test_extra_variants_run_only_on_request(monkeypatch):
+    cfg = _sweep_cfg()
+    variants = [Variant("base", "B"), Variant("cmp", "C", extra=True)]
+    assert [v.name for v, _ in expand(cfg, variants)] == ["base"]
+    assert [v.name for v, _ in expand(cfg, variants, extras=True)] == ["base", "cmp"]
+    assert [v.name for v, _ in expand(cfg, variants, only=["cmp"])] == ["cmp"]  # named: runs
+    with pytest.raises(ConfigError, match="variant 'cmp'"):  # not run, but its overrides are checked
+        expand(cfg, [Variant("base", "B"), Variant("cmp", "C", overrides=["shared.dpeth=2"], extra=True)])
+    monkeypatch.setenv("EXTRAS", "1")
+    assert include_extras()
+    monkeypatch.setenv("EXTRAS", "yes")
+    with pytest.raises(ConfigError, match="EXTRAS='yes'"):
+        include_extras()
+    monkeypatch.delenv("EXTRAS")
+    assert not include_extras()
 
 
 def test_expand_fails_fast_with_one_line(monkeypatch):

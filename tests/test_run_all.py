@@ -18,6 +18,7 @@ FEW = ["train.steps=3", "train.batch_size=16", "train.log_every=1", "teacher.tra
 
 def test_plan_teachers_first_then_one_job_per_variant_and_seed(monkeypatch, tmp_path):
     monkeypatch.setenv("SEEDS", "2")
+    monkeypatch.setenv("EXTRAS", "1")
     monkeypatch.setenv("MMKD_CACHE", str(tmp_path))  # teachers earlier tests cached are not planned
     jobs = run_all.plan("tiny", FEW, ["shre", "separate_self_attention"])
     names = [j.name for j in jobs]
@@ -38,6 +39,12 @@ def test_plan_teachers_first_then_one_job_per_variant_and_seed(monkeypatch, tmp_
     assert "SEEDS" not in shre.env and shre.cost == 2 * 3
     with pytest.raises(UserError, match="unknown chapter"):
         run_all.plan("tiny", FEW, ["no_such_chapter"])
+    # by default the extra rows (comparisons) are not planned, nor the teacher only they use
+    monkeypatch.delenv("EXTRAS")
+    extras = {v.name for v in chapter("separate_self_attention").load_config("tiny", FEW).variants if v.extra}
+    default = [j.name for j in run_all.plan("tiny", FEW, ["shre", "separate_self_attention"])]
+    assert extras and not any(n.split("/")[1] in extras for n in default if n.startswith("separate"))
+    assert sorted(n.split("-")[1] for n in default if n.startswith("teacher/")) == ["clr", "cnn"]
 
 
 @pytest.mark.slow

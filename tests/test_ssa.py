@@ -31,6 +31,7 @@ FEW_STEPS = ["train.steps=3", "train.batch_size=16", "train.log_every=1",
 
 def test_tiny_run_all_variants_and_rebuild_from_config(monkeypatch):
     monkeypatch.delenv("SEEDS", raising=False)
+    monkeypatch.setenv("EXTRAS", "1")  # the extra (comparison) rows too
     rows = ssa.run(parse_cli(ssa.SsaConfig, CHAPTER, FEW_STEPS))
     df = pd.read_csv(Path(os.environ["MMKD_RESULTS"]) / "separate_self_attention" / "ssa.csv")
     assert list(df.columns) == list(COLUMNS) and len(df) == len(rows) == 12

@@ -59,6 +59,7 @@ def test_nothing_to_train_is_refused_before_training():
 @pytest.mark.slow  # four tiny teacher bootstraps (3 steps each) + eight 3-step students: ~1 min
 def test_tiny_run_every_teacher_writes_teacher_and_student_rows_and_the_figure(monkeypatch, tmp_path):
     monkeypatch.delenv("SEEDS", raising=False)
+    monkeypatch.setenv("EXTRAS", "1")  # the extra rows (tiny-cnn, raw targets) too
     rows = teachers.run(parse_cli(teachers.TeacherComparisonConfig, CHAPTER, FEW_STEPS))
     df = pd.read_csv(Path(os.environ["MMKD_RESULTS"]) / "teacher_comparison" / "teachers.csv")
     assert list(df.columns) == list(COLUMNS)
