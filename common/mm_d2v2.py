@@ -49,7 +49,7 @@ from common.models.multimodal import (LEVELS, HeadConfig, MultimodalEncoder, Mul
                                       build_multimodal, teacher_width)
 from common.models.teachers import build_teacher, teacher_embedding
 from common.retrieval import mean_recall, pair_cosines, retrieval_recall
-from common.sweep import Variant, expand, include_extras, seed_count
+from common.sweep import Variant, chapter_runs
 from common.targets import batch_standardized
 from common.train import fit
 
@@ -193,7 +193,7 @@ def run_variants(cfg: Any, run_variant: RunVariant, table: Sequence[str]) -> Lis
     file)``; the rows are logged as a markdown table of ``table``'s columns. Bad overrides and
     settings that would train nothing useful (:func:`check_alignment`) fail before anything
     trains."""
-    runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds), include_extras())
+    runs = chapter_runs(cfg)
     for variant, vcfg in runs:
         if variant.kind != "unimodal_pair":
             check_alignment(variant.name, getattr(vcfg, "align", "none"), vcfg.head.proj,

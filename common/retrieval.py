@@ -115,18 +115,18 @@ def image_text_ranks(image_emb: Tensor, text_emb: Tensor, text_image_ids: Tensor
     in :func:`matching_ranks` (the same product, the same chunks). Text->image needs, per
     caption, how many other images score at least its own image's score. So each caption
     counts, chunk by chunk, the images scoring at or above ``hi`` (ahead for sure) and keeps
-    the few images scoring in ``[lo, hi)``, a band around its positive score computed beforehand in float64 and wider
-    than the rounding error of a ``D``-term dot product of unit vectors (``D * eps / 2``).
-    The kept images are scored again, one pair at a time in float64, and compared with the
-    positive score computed the same way: exact ties (duplicated images or captions) stay
-    exact ties and rank by the documented rule, even where the chunks' matrix products round
-    a score differently (a one-row last chunk runs a matrix-vector kernel with another
-    summation order). Should the band hold more than a quarter of a chunk of scores (degenerate
-    embeddings, all near one vector), the captions concerned are ranked by
-    :func:`matching_ranks` instead, which keeps the memory bound. Text->image thus settles
-    near-ties in float64 where :func:`matching_ranks` compares float32 scores: the ranks
-    differ only where two distinct scores lie closer than float32 rounding (none in the
-    tests, none on 5k x 25k cases).
+    the few images scoring in ``[lo, hi)``, a band around its positive score computed
+    beforehand in float64 and wider than the rounding error of a ``D``-term dot product of
+    unit vectors (``D * eps / 2``). The kept images are scored again, one pair at a time in
+    float64, and compared with the positive score computed the same way: exact ties
+    (duplicated images or captions) stay exact ties and rank by the documented rule, even
+    where the chunks' matrix products round a score differently (a one-row last chunk runs a
+    matrix-vector kernel with another summation order). Should the band hold more than a
+    quarter of a chunk of scores (degenerate embeddings, all near one vector), the captions
+    concerned are ranked by :func:`matching_ranks` instead, which keeps the memory bound.
+    Text->image thus settles near-ties in float64 where :func:`matching_ranks` compares
+    float32 scores: the ranks differ only where two distinct scores lie closer than float32
+    rounding (none in the tests, none on 5k x 25k cases).
     """
     n_images = image_emb.shape[0]
     dtype = torch.promote_types(torch.promote_types(image_emb.dtype, text_emb.dtype), torch.float32)

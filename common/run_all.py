@@ -38,7 +38,7 @@ from common.chapters import chapter as find_chapter
 from common.cli import main
 from common.errors import UserError
 from common.paths import REPO_ROOT, runs_dir
-from common.sweep import expand, include_extras, seed_count
+from common.sweep import chapter_runs, seed_count
 
 # the Makefile's chapter order (the order of the thesis); a chapter not listed runs last
 ORDER = ("shre", "unimodal_vision_kd", "separate_self_attention", "itc_ablation", "teacher_comparison")
@@ -76,7 +76,7 @@ def chapter_jobs(chapter: Chapter, preset: str, args: Sequence[str]) -> tuple[Li
     base = [script, f"preset={preset}", *args]
     teachers: Dict[Path, List[str]] = {}
     if getattr(cfg, "variants", None):
-        runs = expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds), include_extras())
+        runs = chapter_runs(cfg)
         jobs = []
         for variant, vcfg in runs:
             folder = _teacher_folder(vcfg)

@@ -106,6 +106,13 @@ def expand(cfg: Any, variants: Sequence[Variant], only: Sequence[str] = (),
     return out
 
 
+def chapter_runs(cfg: Any) -> List[Tuple[Variant, Any]]:
+    """:func:`expand` of a variant chapter's config (its ``variants``, ``only`` and ``seeds``)
+    with the environment's ``SEEDS`` and ``EXTRAS``: the runs its loop trains and the ones
+    ``make exp-all`` plans, chosen in one place."""
+    return expand(cfg, cfg.variants, cfg.only, seed_count(cfg.seeds), include_extras())
+
+
 def seed_runs(cfg: Any, seeds: int = 1) -> List[Tuple[str, Any]]:
     """``[(run folder name, config)]`` of a chapter without variants, one per seed.
 
